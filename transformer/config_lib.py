@@ -1,0 +1,69 @@
+"""Checks a config before anything is built or compiled, and turns it into library objects.
+
+Unknown keys are refused by ml_collections itself (configs are locked ConfigDicts); wrong
+types by its type-safe assignment. ``validate`` catches the bad *values*, each with a
+message naming the key, the value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from transformer import model as model_lib
+from transformer import tasks
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which and why."""
+
+
+def _check(ok: bool, key: str, value, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f'config.{key}={value!r} is invalid: {valid}.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ``ConfigError`` for the first bad value found."""
+    m, d, t, e = config.model, config.data, config.train, config.eval
+    _check(m.variant in model_lib.SIZES, 'model.variant', m.variant,
+           f'expected one of {sorted(model_lib.SIZES)}')
+    for key in ('dtype', 'param_dtype'):
+        _check(m[key] in model_lib.DTYPES, f'model.{key}', m[key],
+               f'expected one of {sorted(model_lib.DTYPES)}')
+    _check(m.positional in ('sinusoidal', 'learned'), 'model.positional', m.positional,
+           "expected 'sinusoidal' or 'learned'")
+    for key in ('dropout_rate', 'attention_dropout'):
+        _check(0.0 <= m[key] < 1.0, f'model.{key}', m[key], 'expected 0 <= rate < 1')
+    _check(d.dataset in tasks.DATASETS, 'data.dataset', d.dataset,
+           f'expected one of {sorted(tasks.DATASETS)}')
+    _check(d.vocab_size >= 16, 'data.vocab_size', d.vocab_size, 'expected at least 16')
+    for key in ('max_source_length', 'max_target_length'):
+        _check(d[key] >= 2, f'data.{key}', d[key], 'expected at least 2 (EOS/BOS included)')
+        if m.positional == 'learned':
+            _check(d[key] <= m.max_len, f'data.{key}', d[key],
+                   f'learned positions cover only model.max_len={m.max_len}')
+    _check(t.batch_size > 0, 'train.batch_size', t.batch_size, 'expected a positive integer')
+    _check(t.num_steps > 0, 'train.num_steps', t.num_steps, 'expected a positive integer')
+    _check(t.learning_rate > 0, 'train.learning_rate', t.learning_rate, 'expected > 0')
+    _check(0 <= t.warmup_steps <= t.num_steps, 'train.warmup_steps', t.warmup_steps,
+           f'expected 0 <= warmup_steps <= train.num_steps={t.num_steps}')
+    _check(0.0 <= t.label_smoothing < 1.0, 'train.label_smoothing', t.label_smoothing,
+           'expected 0 <= smoothing < 1')
+    _check(t.grad_clip_norm >= 0, 'train.grad_clip_norm', t.grad_clip_norm,
+           'expected >= 0 (0 disables clipping)')
+    for key in ('log_every', 'eval_every', 'checkpoint_every'):
+        _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
+    _check(e.split in ('train', 'validation', 'test'), 'eval.split', e.split,
+           "expected 'train', 'validation' or 'test'")
+    _check(e.batch_size > 0, 'eval.batch_size', e.batch_size, 'expected a positive integer')
+    _check(e.max_decode_len > 0, 'eval.max_decode_len', e.max_decode_len, 'expected > 0')
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.ModelConfig:
+    """The ``ModelConfig`` of ``config.model`` for a tokenizer of ``vocab_size`` pieces."""
+    m = config.model
+    return model_lib.ModelConfig.make(
+        m.variant, vocab_size, dropout_rate=m.dropout_rate,
+        attention_dropout=m.attention_dropout, max_len=m.max_len, positional=m.positional,
+        pre_ln=m.pre_ln, share_embeddings=m.share_embeddings, dtype=m.dtype,
+        param_dtype=m.param_dtype)

@@ -1,0 +1,183 @@
+"""Tokenizer and input pipelines: TFDS data sources -> grain -> fixed-shape numpy batches.
+
+A batch is a dict of int32 arrays:
+  inputs          [b, s]  source ids followed by EOS, 0-padded;
+  decoder_inputs  [b, t]  BOS followed by the target ids (the target shifted right);
+  targets         [b, t]  the target ids followed by EOS, 0-padded.
+Fixed shapes mean the train step compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+from collections.abc import Iterable, Iterator
+
+import grain
+import numpy as np
+import sentencepiece as spm
+
+log = logging.getLogger('transformer')
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+TOKENIZER_FILE = 'tokenizer.model'
+
+
+def _text(value) -> str:
+    return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+class Tokenizer:
+    """A SentencePiece model with pad 0, unk 1, bos 2, eos 3."""
+
+    def __init__(self, model_proto: bytes):
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (
+                PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise ValueError('Tokenizer must use pad=0, unk=1, bos=2, eos=3.')
+        self.model_proto = model_proto
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text.strip())
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Token ids -> text; stops at the first EOS and skips padding."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == EOS_ID:
+                break
+            if i != PAD_ID:
+                out.append(i)
+        return self.sp.decode(out)
+
+    def save(self, path: str) -> None:
+        with open(path, 'wb') as f:
+            f.write(self.model_proto)
+
+    @classmethod
+    def load(cls, path: str) -> Tokenizer:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f'No tokenizer at {path}: train first (train.py) or point '
+                                    '--workdir at a trained run.')
+        with open(path, 'rb') as f:
+            return cls(f.read())
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 'unigram',
+                    character_coverage: float = 1.0, byte_fallback: bool = False) -> Tokenizer:
+    """Trains a joint SentencePiece vocabulary on ``texts`` (source and target lines)."""
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=(t.strip() for t in texts), model_writer=proto,
+        vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
+        byte_fallback=byte_fallback, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=1,
+        hard_vocab_limit=False, minloglevel=2)
+    return Tokenizer(proto.getvalue())
+
+
+def get_tokenizer(workdir: str, train_source, vocab_size: int, **kwargs) -> Tokenizer:
+    """Loads ``workdir/tokenizer.model`` or trains it on the train split and saves it there."""
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if os.path.exists(path):
+        return Tokenizer.load(path)
+    log.info('Training a %d-piece SentencePiece tokenizer on %d pairs', vocab_size,
+                 len(train_source))
+
+    def texts():
+        for i in range(len(train_source)):
+            record = train_source[i]
+            yield _text(record['source'])
+            yield _text(record['target'])
+
+    tokenizer = train_tokenizer(texts(), vocab_size, **kwargs)
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer.save(path)
+    return tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Lengths:
+    """Padded lengths; EOS (and BOS on the decoder side) count towards them."""
+    source: int
+    target: int
+
+
+class Tokenize(grain.transforms.Map):
+    """{'source': bytes, 'target': bytes} -> unpadded int32 id arrays."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def map(self, record):
+        src = self.tokenizer.encode(_text(record['source'])) + [EOS_ID]
+        tgt = self.tokenizer.encode(_text(record['target']))
+        return {'inputs': np.asarray(src, np.int32),
+                'targets': np.asarray(tgt + [EOS_ID], np.int32),
+                'decoder_inputs': np.asarray([BOS_ID] + tgt, np.int32)}
+
+
+def fits(example, lengths: Lengths) -> bool:
+    return len(example['inputs']) <= lengths.source and len(example['targets']) <= lengths.target
+
+
+def pad(example, lengths: Lengths):
+    """Right-pads (and, for evaluation, truncates) every field to its fixed length."""
+    out = {}
+    for key, value in example.items():
+        size = lengths.source if key == 'inputs' else lengths.target
+        padded = np.zeros(size, np.int32)
+        value = value[:size]
+        padded[:len(value)] = value
+        out[key] = padded
+    return out
+
+
+def train_dataset(source, tokenizer: Tokenizer, lengths: Lengths, batch_size: int,
+                  seed: int) -> grain.IterDataset:
+    """Shuffled (anew each epoch), endless, tokenized, length-filtered, padded batches.
+
+    Its iterator's ``get_state()`` is small JSON-able state that, restored, replays exactly
+    the batches that would have followed: a resumed run sees the same data.
+    """
+    ds = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+          .map(Tokenize(tokenizer))
+          .filter(lambda ex: fits(ex, lengths))
+          .map(lambda ex: pad(ex, lengths)))
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=256)).batch(
+        batch_size, drop_remainder=True)
+
+
+def eval_batches(source, tokenizer: Tokenizer, lengths: Lengths,
+                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of ``source`` once, in order, in full batches.
+
+    Over-long examples are truncated (so every sentence gets a score); the last batch is
+    filled with all-padding rows, which carry zero weight in every metric.
+    """
+    ds = grain.MapDataset.source(source).map(Tokenize(tokenizer)).map(lambda ex: pad(ex, lengths))
+    for batch in ds.batch(batch_size, drop_remainder=False):
+        short = batch_size - len(batch['inputs'])
+        if short:
+            batch = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)])
+                     for k, v in batch.items()}
+        yield batch
+
+
+def count_too_long(source, tokenizer: Tokenizer, lengths: Lengths) -> int:
+    """How many examples of ``source`` the training filter drops for their length."""
+    tokenize = Tokenize(tokenizer)
+    return sum(not fits(tokenize.map(source[i]), lengths) for i in range(len(source)))
+
+
+def texts(source) -> tuple[list[str], list[str]]:
+    """All (source, target) strings of a split, in order."""
+    records = [source[i] for i in range(len(source))]
+    return [_text(r['source']) for r in records], [_text(r['target']) for r in records]

@@ -1,0 +1,270 @@
+"""Building blocks of the Transformer (Vaswani et al., 2017, section 3) in Flax NNX.
+
+Shape letters used throughout: b batch, q query length, k key/value length, h heads,
+dh d_head = d_model / h, d d_model, f d_ff.
+
+Masks are boolean and broadcastable to [b, h, q, k]; True means "may attend".
+
+Dropout takes an explicit PRNG key (``None`` = deterministic), so every step function
+stays pure and the key is part of the checkpointed train state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+KVCache = dict[str, Array]  # {'k': [b, L, h, dh], 'v': [b, L, h, dh]}
+
+# Glorot/Xavier uniform: the initialisation of the reference tensor2tensor implementation.
+_xavier = nnx.initializers.xavier_uniform
+
+
+def split_rng(rng: Array | None, n: int) -> list[Array | None]:
+    """Splits a dropout key into n keys; ``None`` (no dropout) stays ``None``."""
+    if rng is None:
+        return [None] * n
+    return list(jax.random.split(rng, n))
+
+
+def dropout(x: Array, rate: float, rng: Array | None) -> Array:
+    """Inverted dropout: zeroes a fraction ``rate`` of ``x`` and rescales the rest."""
+    if rng is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def einsum(eq: str, x: Array, w: Array, dtype: Any) -> Array:
+    """``jnp.einsum`` with both operands in ``dtype`` and a float32 accumulator.
+
+    On CPU and GPU a bfloat16 matmul only runs at bfloat16 speed when it accumulates in
+    float32 (``preferred_element_type``); the result is cast back to ``dtype``.
+    """
+    y = jnp.einsum(eq, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    return y.astype(dtype)
+
+
+class Projection(nnx.Module):
+    """A linear map written as an einsum over a kernel of any rank, plus a bias.
+
+    ``kernel_shape`` is split into input axes (the first ``num_in`` entries, contracted
+    with the trailing axes of the input) and output axes (the rest, which the bias has).
+    Keeping heads as their own kernel axis ([d, h, dh] rather than [d, h*dh]) means no
+    reshapes in the attention code and a named axis for tensor parallelism.
+    """
+
+    def __init__(self, kernel_shape: tuple[int, ...], num_in: int, *, use_bias: bool = True,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        in_axes = tuple(range(num_in))
+        out_axes = tuple(range(num_in, len(kernel_shape)))
+        init = _xavier(in_axis=in_axes, out_axis=out_axes)
+        self.kernel = nnx.Param(init(rngs.params(), kernel_shape, param_dtype))
+        self.bias = nnx.Param(jnp.zeros(kernel_shape[num_in:], param_dtype)) if use_bias else None
+        letters = 'ABCDEFG'
+        ins, outs = letters[:num_in], letters[num_in:len(kernel_shape)]
+        self.equation = f'...{ins},{ins}{outs}->...{outs}'
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        y = einsum(self.equation, x, self.kernel.value, self.dtype)
+        if self.bias is not None:
+            y = y + self.bias.value.astype(self.dtype)
+        return y
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
+                          dropout_rate: float = 0.0, dropout_rng: Array | None = None,
+                          return_weights: bool = False):
+    """Scaled dot-product attention, softmax(q k^T / sqrt(dh)) v (section 3.2.1).
+
+    Args:
+      q: [b, q, h, dh] queries.  k, v: [b, k, h, dh] keys and values.
+      mask: boolean, broadcastable to [b, h, q, k]; True = attend.
+    Returns:
+      [b, q, h, dh] in the dtype of ``v`` (and the [b, h, q, k] float32 weights if asked).
+
+    The scale is 1/sqrt(d_head) -- the size of one head's dot product -- not the number of
+    heads or d_model: it keeps the logits' variance near 1 for unit-variance q and k, so the
+    softmax does not saturate. Scores and softmax run in float32 even for bfloat16 inputs.
+    """
+    d_head = q.shape[-1]
+    q = q * jnp.asarray(d_head ** -0.5, q.dtype)
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    if mask is not None:
+        # A large finite negative, not -inf: a fully masked row (a padding query) then gets
+        # uniform weights instead of NaN, and its output is ignored downstream anyway.
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    dropped = dropout(weights, dropout_rate, dropout_rng)
+    out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32).astype(v.dtype)
+    return (out, weights) if return_weights else out
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head attention (section 3.2.2): h parallel heads of size d_model / h.
+
+    Used as encoder self-attention, causal decoder self-attention (with a key/value cache
+    for incremental decoding) and encoder-decoder cross-attention (whose keys and values
+    are projected once per source sentence with ``project_kv``).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, *, attention_dropout: float = 0.0,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        if d_model % num_heads:
+            raise ValueError(f'd_model={d_model} is not divisible by num_heads={num_heads}')
+        d_head = d_model // num_heads
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.query = Projection((d_model, num_heads, d_head), 1, **kw)
+        self.key = Projection((d_model, num_heads, d_head), 1, **kw)
+        self.value = Projection((d_model, num_heads, d_head), 1, **kw)
+        self.out = Projection((num_heads, d_head, d_model), 2, **kw)
+        self.attention_dropout = attention_dropout
+
+    def project_kv(self, x: Array) -> tuple[Array, Array]:
+        """[b, k, d] -> keys and values, each [b, k, h, dh]."""
+        return self.key(x), self.value(x)
+
+    def __call__(self, x: Array, mask: Array | None, *, kv: tuple[Array, Array] | None = None,
+                 dropout_rng: Array | None = None, return_weights: bool = False):
+        """Attends from ``x`` [b, q, d] to ``kv`` (default: self-attention over ``x``).
+
+        Returns [b, q, d] (and the [b, h, q, k] attention weights if asked).
+        """
+        k, v = self.project_kv(x) if kv is None else kv
+        result = dot_product_attention(self.query(x), k, v, mask,
+                                       dropout_rate=self.attention_dropout,
+                                       dropout_rng=dropout_rng, return_weights=return_weights)
+        if return_weights:
+            return self.out(result[0]), result[1]
+        return self.out(result)
+
+    def attend_cached(self, x: Array, cache: KVCache, index: Array) -> tuple[Array, KVCache]:
+        """One decoding step of causal self-attention.
+
+        Args:
+          x: [b, 1, d], the input at position ``index``.
+          cache: keys and values of positions < index, each [b, L, h, dh].
+          index: scalar int, the position being decoded.
+        Returns:
+          [b, 1, d] output and the cache with this position's key and value written in.
+        """
+        k, v = self.project_kv(x)
+        cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), index, 1),
+                 'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), index, 1)}
+        # Positions after ``index`` hold zeros (or stale values): mask them out.
+        visible = jnp.arange(cache['k'].shape[1]) <= index  # [L]
+        out = dot_product_attention(self.query(x), cache['k'], cache['v'], visible[None, None, None, :])
+        return self.out(out), cache
+
+
+class FeedForward(nnx.Module):
+    """Position-wise feed-forward network, max(0, x W1 + b1) W2 + b2 (section 3.3)."""
+
+    def __init__(self, d_model: int, d_ff: int, *, dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.wi = Projection((d_model, d_ff), 1, **kw)
+        self.wo = Projection((d_ff, d_model), 1, **kw)
+
+    def __call__(self, x: Array) -> Array:
+        """[b, l, d] -> [b, l, d]."""
+        return self.wo(jax.nn.relu(self.wi(x)))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """What every encoder and decoder layer needs to know."""
+    d_model: int
+    d_ff: int
+    num_heads: int
+    dropout_rate: float = 0.1
+    attention_dropout: float = 0.0
+    pre_ln: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+
+class Residual(nnx.Module):
+    """Wraps a sublayer with dropout, a residual connection and layer normalisation.
+
+    post-LN (the paper, section 3.1): LayerNorm(x + Dropout(Sublayer(x))).
+    pre-LN: x + Dropout(Sublayer(LayerNorm(x))); the residual path is an identity, which
+    trains deep stacks without warmup tuning but needs a final LayerNorm on the stack output.
+    """
+
+    def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
+        self.norm = nnx.LayerNorm(cfg.d_model, epsilon=1e-6, dtype=cfg.dtype,
+                                  param_dtype=cfg.param_dtype, rngs=rngs)
+        self.pre_ln = cfg.pre_ln
+        self.rate = cfg.dropout_rate
+
+    def __call__(self, x: Array, sublayer, rng: Array | None) -> Array:
+        if self.pre_ln:
+            return x + dropout(sublayer(self.norm(x)), self.rate, rng)
+        return self.norm(x + dropout(sublayer(x), self.rate, rng))
+
+
+class EncoderLayer(nnx.Module):
+    """Self-attention then feed-forward, each wrapped in ``Residual`` (section 3.1)."""
+
+    def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.self_attention = MultiHeadAttention(cfg.d_model, cfg.num_heads,
+                                                 attention_dropout=cfg.attention_dropout, **kw)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, **kw)
+        self.attention_block = Residual(cfg, rngs=rngs)
+        self.ff_block = Residual(cfg, rngs=rngs)
+
+    def __call__(self, x: Array, mask: Array, dropout_rng: Array | None = None) -> Array:
+        """x: [b, s, d]; mask: [b, 1, s, s] -> [b, s, d]."""
+        r = split_rng(dropout_rng, 3)
+        x = self.attention_block(x, lambda y: self.self_attention(y, mask, dropout_rng=r[0]), r[1])
+        return self.ff_block(x, self.feed_forward, r[2])
+
+
+class DecoderLayer(nnx.Module):
+    """Causal self-attention, cross-attention to the encoder, feed-forward (section 3.1)."""
+
+    def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        self.self_attention = MultiHeadAttention(cfg.d_model, cfg.num_heads,
+                                                 attention_dropout=cfg.attention_dropout, **kw)
+        self.cross_attention = MultiHeadAttention(cfg.d_model, cfg.num_heads,
+                                                  attention_dropout=cfg.attention_dropout, **kw)
+        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, **kw)
+        self.self_block = Residual(cfg, rngs=rngs)
+        self.cross_block = Residual(cfg, rngs=rngs)
+        self.ff_block = Residual(cfg, rngs=rngs)
+
+    def __call__(self, y: Array, cross_kv: tuple[Array, Array], self_mask: Array,
+                 cross_mask: Array, dropout_rng: Array | None = None) -> Array:
+        """Full-sequence pass (training, scoring).
+
+        y: [b, t, d]; cross_kv: encoder keys/values, each [b, s, h, dh];
+        self_mask: [b, 1, t, t] (causal and padding); cross_mask: [b, 1, t, s].
+        """
+        r = split_rng(dropout_rng, 5)
+        y = self.self_block(y, lambda z: self.self_attention(z, self_mask, dropout_rng=r[0]), r[1])
+        y = self.cross_block(
+            y, lambda z: self.cross_attention(z, cross_mask, kv=cross_kv, dropout_rng=r[2]), r[3])
+        return self.ff_block(y, self.feed_forward, r[4])
+
+    def step(self, y: Array, cross_kv: tuple[Array, Array], cross_mask: Array,
+             cache: KVCache, index: Array) -> tuple[Array, KVCache]:
+        """One incremental decoding step: y [b, 1, d] at position ``index`` -> [b, 1, d]."""
+        new_cache = {}
+
+        def attend(z):
+            out, new_cache['self'] = self.self_attention.attend_cached(z, cache, index)
+            return out
+
+        y = self.self_block(y, attend, None)
+        y = self.cross_block(y, lambda z: self.cross_attention(z, cross_mask, kv=cross_kv), None)
+        return self.ff_block(y, self.feed_forward, None), new_cache['self']

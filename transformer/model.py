@@ -1,0 +1,260 @@
+"""The encoder-decoder Transformer (Vaswani et al., 2017) and its size table.
+
+``EncoderDecoder`` exposes the three entry points a translation model needs:
+``encode`` (source -> memory), ``decode`` (teacher-forced target logits given the memory)
+and ``__call__`` (both), plus ``init_cache`` / ``cross_kv`` / ``decode_step`` for
+incremental decoding with a key/value cache.
+
+Token id 0 is padding everywhere. Packed batches carry ``segments`` (which example a
+token belongs to, 0 = padding) and ``positions`` (its index within that example); when
+they are omitted, each row is one example and padding is wherever the token is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from transformer import layers
+
+Array = jax.Array
+PAD_ID = 0
+
+# One table of sizes; adding a size is one line. (d_model, d_ff, heads, encoder, decoder layers)
+SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    'tiny': (32, 64, 4, 2, 2),       # unit tests
+    'mini': (128, 512, 4, 2, 2),     # the embedded default task on a laptop CPU
+    'small': (256, 1024, 4, 3, 3),   # Multi30k-sized data on a CPU
+    'base': (512, 2048, 8, 6, 6),    # the paper's base model (65M parameters)
+    'big': (1024, 4096, 16, 6, 6),   # the paper's big model (213M parameters)
+}
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of an ``EncoderDecoder``; build one with ``ModelConfig.make``."""
+    vocab_size: int
+    d_model: int
+    d_ff: int
+    num_heads: int
+    num_encoder_layers: int
+    num_decoder_layers: int
+    dropout_rate: float = 0.1
+    attention_dropout: float = 0.0
+    max_len: int = 256                 # longest position the learned table covers
+    positional: str = 'sinusoidal'     # 'sinusoidal' (section 3.5) or 'learned'
+    pre_ln: bool = False               # False: post-LN as in the paper
+    share_embeddings: bool = True      # one matrix for source, target and output (3.4)
+    dtype: Any = jnp.float32           # compute dtype
+    param_dtype: Any = jnp.float32
+
+    @classmethod
+    def make(cls, variant: str, vocab_size: int, **kwargs) -> ModelConfig:
+        """Looks ``variant`` up in ``SIZES``; ``kwargs`` set the remaining fields."""
+        if variant not in SIZES:
+            raise ValueError(f'Unknown model variant {variant!r}; valid: {sorted(SIZES)}')
+        d_model, d_ff, heads, enc, dec = SIZES[variant]
+        for key in ('dtype', 'param_dtype'):
+            if isinstance(kwargs.get(key), str):
+                if kwargs[key] not in DTYPES:
+                    raise ValueError(f'Unknown {key} {kwargs[key]!r}; valid: {sorted(DTYPES)}')
+                kwargs[key] = DTYPES[kwargs[key]]
+        return cls(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_heads=heads,
+                   num_encoder_layers=enc, num_decoder_layers=dec, **kwargs)
+
+    def block(self) -> layers.BlockConfig:
+        return layers.BlockConfig(self.d_model, self.d_ff, self.num_heads, self.dropout_rate,
+                                  self.attention_dropout, self.pre_ln, self.dtype, self.param_dtype)
+
+
+def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
+    """The paper's positional encoding (section 3.5), [...] int -> [..., d_model] float32.
+
+    PE(pos, 2i) = sin(pos / 10000^(2i / d_model)), PE(pos, 2i + 1) = cos(same angle):
+    sines on even channels, cosines on odd ones, interleaved. Each pair of channels
+    rotates at its own frequency, so PE(pos + k) is a fixed linear function of PE(pos).
+    """
+    i = np.arange(d_model // 2)
+    inv_freq = jnp.asarray(1.0 / 10000.0 ** (2 * i / d_model), jnp.float32)  # [d/2]
+    angles = positions[..., None].astype(jnp.float32) * inv_freq             # [..., d/2]
+    pe = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)              # [..., d/2, 2]
+    return pe.reshape(*positions.shape, d_model)
+
+
+def attention_mask(q_segments: Array, k_segments: Array) -> Array:
+    """[b, q] and [b, k] segment ids -> [b, 1, q, k]: attend within the same example only.
+
+    Segment 0 is padding: no query attends to a padding key, and padding queries see
+    nothing (their outputs are never used).
+    """
+    same = q_segments[:, None, :, None] == k_segments[:, None, None, :]
+    return same & (k_segments[:, None, None, :] != 0)
+
+
+def causal_mask(length: int) -> Array:
+    """[1, 1, t, t]: position i may attend to positions j <= i."""
+    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def _defaults(tokens: Array, segments: Array | None, positions: Array | None):
+    if segments is None:
+        segments = (tokens != PAD_ID).astype(jnp.int32)
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    return segments, positions
+
+
+class Embedder(nnx.Module):
+    """Token embedding scaled by sqrt(d_model), plus a positional encoding (section 3.4-3.5)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        # std d_model^-0.5 times the sqrt(d_model) scale gives unit-variance inputs; the
+        # same matrix, transposed, then produces unit-variance logits when it is shared.
+        init = nnx.initializers.normal(stddev=cfg.d_model ** -0.5)
+        self.table = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model), cfg.param_dtype))
+        self.positions = None
+        if cfg.positional == 'learned':
+            pos_init = nnx.initializers.normal(stddev=0.02)
+            self.positions = nnx.Param(pos_init(rngs.params(), (cfg.max_len, cfg.d_model),
+                                                cfg.param_dtype))
+        elif cfg.positional != 'sinusoidal':
+            raise ValueError(f"positional={cfg.positional!r}; valid: 'sinusoidal', 'learned'")
+        self.d_model = cfg.d_model
+        self.dtype = cfg.dtype
+
+    def __call__(self, tokens: Array, positions: Array) -> Array:
+        """tokens, positions: [b, l] int -> [b, l, d]."""
+        x = jnp.take(self.table.value, tokens, axis=0) * jnp.sqrt(float(self.d_model))
+        if self.positions is None:
+            pe = sinusoidal_encoding(positions, self.d_model)
+        else:
+            pe = jnp.take(self.positions.value, positions, axis=0)
+        return (x + pe).astype(self.dtype)
+
+    def attend(self, y: Array) -> Array:
+        """Output logits with the embedding as pre-softmax matrix: [b, l, d] -> [b, l, V] float32."""
+        return jnp.einsum('bld,vd->blv', y, self.table.value.astype(self.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+class EncoderDecoder(nnx.Module):
+    """The Transformer of "Attention Is All You Need": N encoder and N decoder layers."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        block = cfg.block()
+        self.source_embed = Embedder(cfg, rngs=rngs)
+        self.target_embed = self.source_embed if cfg.share_embeddings else Embedder(cfg, rngs=rngs)
+        self.output = None if cfg.share_embeddings else layers.Projection(
+            (cfg.d_model, cfg.vocab_size), 1, use_bias=False, dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype, rngs=rngs)
+        self.encoder = nnx.List([layers.EncoderLayer(block, rngs=rngs)
+                                 for _ in range(cfg.num_encoder_layers)])
+        self.decoder = nnx.List([layers.DecoderLayer(block, rngs=rngs)
+                                 for _ in range(cfg.num_decoder_layers)])
+        norm = dict(epsilon=1e-6, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        # Pre-LN leaves the residual stream unnormalised: normalise each stack's output.
+        self.encoder_norm = nnx.LayerNorm(cfg.d_model, **norm) if cfg.pre_ln else None
+        self.decoder_norm = nnx.LayerNorm(cfg.d_model, **norm) if cfg.pre_ln else None
+
+    # -- full-sequence passes ------------------------------------------------------------
+
+    def encode(self, src: Array, src_segments: Array | None = None,
+               src_positions: Array | None = None, *, dropout_rng: Array | None = None) -> Array:
+        """src: [b, s] token ids -> encoder output [b, s, d]."""
+        src_segments, src_positions = _defaults(src, src_segments, src_positions)
+        rngs = layers.split_rng(dropout_rng, len(self.encoder) + 1)
+        x = layers.dropout(self.source_embed(src, src_positions), self.cfg.dropout_rate, rngs[0])
+        mask = attention_mask(src_segments, src_segments)
+        for layer, rng in zip(self.encoder, rngs[1:]):
+            x = layer(x, mask, rng)
+        return x if self.encoder_norm is None else self.encoder_norm(x)
+
+    def decode(self, tgt_in: Array, encoded: Array, src_segments: Array,
+               tgt_segments: Array | None = None, tgt_positions: Array | None = None, *,
+               dropout_rng: Array | None = None) -> Array:
+        """Teacher-forced decoder pass.
+
+        Args:
+          tgt_in: [b, t] decoder inputs (BOS followed by the target shifted right).
+          encoded: [b, s, d] from ``encode``.
+          src_segments: [b, s] source segment ids (``src != 0`` when unpacked).
+        Returns:
+          [b, t, V] float32 logits; logits[:, i] predicts the token after tgt_in[:, :i+1].
+        """
+        tgt_segments, tgt_positions = _defaults(tgt_in, tgt_segments, tgt_positions)
+        rngs = layers.split_rng(dropout_rng, len(self.decoder) + 1)
+        y = layers.dropout(self.target_embed(tgt_in, tgt_positions), self.cfg.dropout_rate, rngs[0])
+        self_mask = attention_mask(tgt_segments, tgt_segments) & causal_mask(tgt_in.shape[1])
+        cross_mask = attention_mask(tgt_segments, src_segments)
+        for layer, rng in zip(self.decoder, rngs[1:]):
+            y = layer(y, layer.cross_attention.project_kv(encoded), self_mask, cross_mask, rng)
+        return self.logits(y)
+
+    def __call__(self, src: Array, tgt_in: Array, src_segments: Array | None = None,
+                 tgt_segments: Array | None = None, src_positions: Array | None = None,
+                 tgt_positions: Array | None = None, *, dropout_rng: Array | None = None) -> Array:
+        """src: [b, s], tgt_in: [b, t] -> logits [b, t, V] float32."""
+        enc_rng, dec_rng = layers.split_rng(dropout_rng, 2)
+        src_segments, src_positions = _defaults(src, src_segments, src_positions)
+        encoded = self.encode(src, src_segments, src_positions, dropout_rng=enc_rng)
+        return self.decode(tgt_in, encoded, src_segments, tgt_segments, tgt_positions,
+                           dropout_rng=dec_rng)
+
+    def logits(self, y: Array) -> Array:
+        """[b, t, d] decoder states -> [b, t, V] float32 logits."""
+        if self.decoder_norm is not None:
+            y = self.decoder_norm(y)
+        if self.output is None:
+            return self.target_embed.attend(y)
+        return jnp.einsum('btd,dv->btv', y, self.output.kernel.value.astype(self.cfg.dtype),
+                          preferred_element_type=jnp.float32)
+
+    # -- incremental decoding ------------------------------------------------------------
+
+    def init_cache(self, batch_size: int, max_len: int) -> list[layers.KVCache]:
+        """Empty self-attention caches, one per decoder layer, each [b, max_len, h, dh]."""
+        cfg = self.cfg
+        shape = (batch_size, max_len, cfg.num_heads, cfg.d_model // cfg.num_heads)
+        return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
+                for _ in self.decoder]
+
+    def cross_kv(self, encoded: Array) -> list[tuple[Array, Array]]:
+        """Cross-attention keys and values of every decoder layer, computed once per source.
+
+        encoded: [b, s, d] -> per layer (k, v), each [b, s, h, dh].
+        """
+        return [layer.cross_attention.project_kv(encoded) for layer in self.decoder]
+
+    def decode_step(self, tokens: Array, index: Array, cache: list[layers.KVCache],
+                    cross_kv: list[tuple[Array, Array]], src_segments: Array):
+        """Decodes one position for every row.
+
+        Args:
+          tokens: [b] the input token at position ``index`` (BOS at index 0).
+          index: scalar int position.
+          cache: from ``init_cache`` or the previous step.
+          cross_kv: from ``cross_kv``.  src_segments: [b, s] (``src != 0``).
+        Returns:
+          ([b, V] float32 logits for position ``index + 1``, updated cache).
+        """
+        positions = jnp.full((tokens.shape[0], 1), index, jnp.int32)
+        y = self.target_embed(tokens[:, None], positions)                  # [b, 1, d]
+        cross_mask = (src_segments != 0)[:, None, None, :]                  # [b, 1, 1, s]
+        new_cache = []
+        for layer, layer_cache, kv in zip(self.decoder, cache, cross_kv):
+            y, layer_cache = layer.step(y, kv, cross_mask, layer_cache, index)
+            new_cache.append(layer_cache)
+        return self.logits(y)[:, 0], new_cache
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalar parameters (a shared embedding counts once)."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,144 @@
+"""Loss, optimizer, learning-rate schedule and the pure, jitted train and eval steps.
+
+The model is split once into a static ``graphdef`` and a pytree of parameters; the steps
+are pure functions of (state, batch) that merge them back inside the trace, so jit sees
+only arrays and Python work per step is one dispatch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from transformer.model import PAD_ID
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data-iterator state."""
+    step: jax.Array        # [] int32, optimizer updates applied so far
+    params: nnx.State      # the model's nnx.Param variables
+    opt_state: Any         # optax state
+
+
+def learning_rate_schedule(peak: float, warmup_steps: int):
+    """The paper's schedule (section 5.3) with its peak made explicit.
+
+    lr(step) = peak * min(step / warmup, sqrt(warmup / step)): linear warmup, then decay
+    with the inverse square root of the step. The paper's d_model^-0.5 * min(step^-0.5,
+    step * warmup^-1.5) is this with peak = (d_model * warmup)^-0.5.
+    """
+    def schedule(count):
+        step = jnp.maximum(count + 1, 1).astype(jnp.float32)  # optax counts from 0
+        warmup = jnp.float32(max(warmup_steps, 1))
+        return peak * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+    return schedule
+
+
+def make_optimizer(learning_rate: float, warmup_steps: int, *, b1: float = 0.9,
+                   b2: float = 0.98, eps: float = 1e-9,
+                   grad_clip_norm: float | None = None) -> optax.GradientTransformation:
+    """Adam with the paper's betas and epsilon, optionally after global-norm clipping."""
+    adam = optax.adam(learning_rate_schedule(learning_rate, warmup_steps), b1=b1, b2=b2, eps=eps)
+    if grad_clip_norm:
+        return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adam)
+    return adam
+
+
+def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array,
+                           label_smoothing: float) -> tuple[jax.Array, jax.Array]:
+    """Per-token label-smoothed cross-entropy (section 5.4) and plain negative log-likelihood.
+
+    The smoothed target puts 1 - eps on the true token and spreads eps uniformly over the
+    other V - 1 tokens. Its entropy is subtracted, so a perfect prediction of the smoothed
+    distribution scores 0 and the numbers read like a KL divergence.
+
+    Args:
+      logits: [b, t, V] float32.  targets: [b, t] int.
+    Returns:
+      (loss, nll), each [b, t].
+    """
+    vocab = logits.shape[-1]
+    confidence = 1.0 - label_smoothing
+    low = label_smoothing / (vocab - 1)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    # sum_v q(v) (-log p(v)) with q = low everywhere except `confidence` at the target.
+    loss = confidence * nll - low * (jnp.sum(log_probs, axis=-1) + nll)
+    entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
+    return loss - entropy, nll
+
+
+def batch_metrics(logits: jax.Array, targets: jax.Array, label_smoothing: float) -> dict:
+    """Sums over non-padding target tokens: loss, nll, correct (argmax == target), tokens."""
+    weights = (targets != PAD_ID).astype(jnp.float32)
+    loss, nll = smoothed_cross_entropy(logits, targets, label_smoothing)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return {'loss': jnp.sum(loss * weights), 'nll': jnp.sum(nll * weights),
+            'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
+
+
+def summarize(sums: dict) -> dict[str, float]:
+    """Token-summed metrics -> per-token means: loss, nll, perplexity, accuracy (%)."""
+    tokens = max(float(sums['tokens']), 1.0)
+    nll = float(sums['nll']) / tokens
+    return {'loss': float(sums['loss']) / tokens, 'nll': nll,
+            'perplexity': float(jnp.exp(jnp.minimum(nll, 50.0))),
+            'accuracy': 100.0 * float(sums['correct']) / tokens}
+
+
+def _forward(graphdef, params, batch: Batch, dropout_rng):
+    model = nnx.merge(graphdef, params)
+    return model(batch['inputs'], batch['decoder_inputs'],
+                 batch.get('inputs_segmentation'), batch.get('targets_segmentation'),
+                 batch.get('inputs_position'), batch.get('targets_position'),
+                 dropout_rng=dropout_rng)
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
+                    label_smoothing: float, dropout_seed: int):
+    """Returns the jitted ``train_step(state, batch) -> (state, metric sums)``.
+
+    The dropout key is derived from (seed, step), so it needs no state of its own and a
+    resumed run draws exactly the masks an uninterrupted one would have. ``state`` is
+    donated: its buffers are reused for the new state.
+    """
+    base_key = jax.random.key(dropout_seed)
+
+    def train_step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(base_key, state.step)
+
+        def loss_fn(params):
+            logits = _forward(graphdef, params, batch, rng)
+            sums = batch_metrics(logits, batch['targets'], label_smoothing)
+            return sums['loss'] / jnp.maximum(sums['tokens'], 1.0), sums
+
+        grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef, *, label_smoothing: float):
+    """Returns the jitted ``eval_step(params, batch) -> metric sums`` (no dropout)."""
+    def eval_step(params, batch: Batch):
+        logits = _forward(graphdef, params, batch, None)
+        return batch_metrics(logits, batch['targets'], label_smoothing)
+    return jax.jit(eval_step)
+
+
+def init_state(model: nnx.Module, optimizer: optax.GradientTransformation):
+    """Splits ``model`` into (graphdef, TrainState at step 0)."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=optimizer.init(params))
+    return graphdef, state

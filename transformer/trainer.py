@@ -1,0 +1,182 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``, importable from a notebook.
+
+Read it top to bottom: set up the workdir, the data, the model and optimizer, resume from
+the latest checkpoint if there is one, then step, log, evaluate and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from transformer import checkpoint, config_lib, data, metrics, tasks, train_lib
+from transformer.model import EncoderDecoder, count_params
+
+log = logging.getLogger('transformer')
+
+
+@dataclasses.dataclass
+class Run:
+    """What training and evaluation both build from a config and a workdir."""
+    config: ml_collections.ConfigDict
+    workdir: str
+    sources: dict              # split -> random-access data source
+    tokenizer: data.Tokenizer
+    lengths: data.Lengths
+    model: EncoderDecoder      # freshly initialised; the trained values live in `state`
+    optimizer: object
+    graphdef: object
+    state: train_lib.TrainState
+    checkpointer: checkpoint.Checkpointer
+
+
+def configure_logging() -> None:
+    """Our progress at INFO; the libraries' own chatter (orbax, grain, TFDS) only if WARNING."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    log.setLevel(logging.INFO)
+
+
+def git_hash() -> str:
+    """The commit of the code being run, with '-dirty' if it has uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        rev = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return rev + ('-dirty' if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, *, train_tokenizer: bool = True) -> Run:
+    """Validates the config, loads the data and tokenizer, builds model and optimizer."""
+    config_lib.validate(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    d, t = config.data, config.train
+    sources = tasks.load_sources(d.dataset, d.data_dir or None, **d.builder_kwargs)
+    if train_tokenizer:
+        tokenizer = data.get_tokenizer(workdir, sources['train'], d.vocab_size)
+    else:
+        tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
+    lengths = data.Lengths(d.max_source_length, d.max_target_length)
+    model = EncoderDecoder(config_lib.model_config(config, tokenizer.vocab_size),
+                           rngs=nnx.Rngs(config.seed))
+    optimizer = train_lib.make_optimizer(
+        t.learning_rate, t.warmup_steps, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+        grad_clip_norm=t.grad_clip_norm or None)
+    graphdef, state = train_lib.init_state(model, optimizer)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints)
+    return Run(config, workdir, sources, tokenizer, lengths, model, optimizer, graphdef, state, ckpt)
+
+
+def write_run_info(run: Run) -> None:
+    """Makes the workdir self-describing: the resolved config and the code version."""
+    with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+        f.write(run.config.to_json_best_effort(indent=2))
+    info = {'git': git_hash(), 'jax': jax.__version__, 'devices': [str(x) for x in jax.devices()],
+            'vocab_size': run.tokenizer.vocab_size, 'parameters': count_params(run.model)}
+    with open(os.path.join(run.workdir, 'run_info.json'), 'w') as f:
+        json.dump(info, f, indent=2)
+
+
+def evaluate_loss(eval_step, params, batches) -> dict[str, float]:
+    """Token-averaged loss, perplexity and accuracy over ``batches``."""
+    sums = None
+    for batch in batches:
+        out = eval_step(params, batch)
+        sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+    return train_lib.summarize(sums)
+
+
+def _take(iterator, n):
+    for _, item in zip(range(n), iterator):
+        yield item
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains ``config`` into ``workdir`` (resuming if it holds a checkpoint).
+
+    Returns the last validation metrics.
+    """
+    # 1. Set up: config check, data, tokenizer, model, optimizer, workdir record.
+    run = setup(config, workdir)
+    t = config.train
+    write_run_info(run)
+    log.info('Model %s: %s parameters; vocabulary %d', config.model.variant,
+                 f'{count_params(run.model):,}', run.tokenizer.vocab_size)
+    dropped = data.count_too_long(run.sources['train'], run.tokenizer, run.lengths)
+    log.info('Training pairs longer than %s are skipped: %d of %d', run.lengths, dropped,
+                 len(run.sources['train']))
+    train_iter = iter(data.train_dataset(run.sources['train'], run.tokenizer, run.lengths,
+                                         t.batch_size, seed=config.seed))
+
+    # 2. Resume from the latest checkpoint, data position included.
+    state = run.state
+    if run.checkpointer.latest_step() is not None:
+        state, data_state = run.checkpointer.restore(state)
+        train_iter.set_state(data_state)
+        log.info('Resumed from step %d in %s', int(state.step), run.checkpointer.directory)
+    start = int(state.step)
+
+    # 3. Compile the steps.
+    train_step = train_lib.make_train_step(run.graphdef, run.optimizer,
+                                           label_smoothing=t.label_smoothing,
+                                           dropout_seed=config.seed + 1)
+    eval_step = train_lib.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing)
+    schedule = train_lib.learning_rate_schedule(t.learning_rate, t.warmup_steps)
+    writer = metrics.MetricWriter(run.workdir)
+
+    # 4. The loop: step; every log_every steps log, every eval_every evaluate, every
+    #    checkpoint_every save. Metric sums stay on device between logs (no per-step sync).
+    progress = tqdm(total=t.num_steps, initial=start, desc='train', unit='step',
+                    dynamic_ncols=True, mininterval=1.0)
+    sums, tokens, tick = None, 0, time.perf_counter()
+    val_metrics: dict[str, float] = {}
+    for step in range(start + 1, t.num_steps + 1):
+        batch = next(train_iter)
+        tokens += int(np.count_nonzero(batch['targets']))
+        state, step_sums = train_step(state, batch)
+        sums = step_sums if sums is None else jax.tree.map(lambda a, b: a + b, sums, step_sums)
+        progress.update(1)
+
+        if step % t.log_every == 0 or step == t.num_steps:
+            summary = train_lib.summarize(sums)
+            if not np.isfinite(summary['loss']):
+                raise FloatingPointError(
+                    f'Loss became {summary["loss"]} by step {step}; no checkpoint was written '
+                    f'for it. Lower train.learning_rate or enable train.grad_clip_norm.')
+            elapsed = time.perf_counter() - tick
+            summary.update(tokens_per_sec=tokens / elapsed, learning_rate=float(schedule(step - 1)))
+            writer.write(step, 'train', summary)
+            progress.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.1f}%',
+                                 tok_s=f'{summary["tokens_per_sec"]:,.0f}')
+            sums, tokens, tick = None, 0, time.perf_counter()
+
+        if step % t.eval_every == 0 or step == t.num_steps:
+            batches = _take(data.eval_batches(run.sources['validation'], run.tokenizer,
+                                              run.lengths, config.eval.batch_size), t.eval_batches)
+            val_metrics = evaluate_loss(eval_step, state.params, batches)
+            writer.write(step, 'validation', val_metrics)
+            progress.write(f'step {step}: validation loss {val_metrics["loss"]:.4f}, '
+                           f'accuracy {val_metrics["accuracy"]:.2f}%')
+            tick = time.perf_counter()  # evaluation time is not training throughput
+
+        if step % t.checkpoint_every == 0 or step == t.num_steps:
+            run.checkpointer.save(step, state, train_iter.get_state())
+
+    progress.close()
+    run.checkpointer.close()
+    writer.close()
+    return val_metrics
