@@ -8,7 +8,7 @@ Writes ``hypotheses_<split>.txt`` and ``eval_<split>.json`` into --workdir.
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import data, evaluate, trainer
+from transformer import evaluate, trainer
 from transformer.config_lib import ConfigError
 
 FLAGS = flags.FLAGS
@@ -29,17 +29,18 @@ def main(argv):
         run = trainer.setup(config, FLAGS.workdir, train_tokenizer=False)
     except (ConfigError, FileNotFoundError) as e:
         raise SystemExit(f'Error: {e}') from None
-    if split not in run.sources:
-        raise SystemExit(f'Error: split {split!r} not in the dataset; valid: {sorted(run.sources)}')
+    if split not in run.splits:
+        raise SystemExit(f'Error: split {split!r} not in the dataset; valid: {sorted(run.splits)}')
     step = run.checkpointer.latest_step()
     if step is None:
         raise SystemExit(f'Error: no checkpoint in {run.checkpointer.directory}; train first:\n'
                          f'  python train.py --config ... --workdir {FLAGS.workdir}')
     state, _ = run.checkpointer.restore(run.state, step)
     translate = evaluate.make_translator(run.graphdef, max_decode_len=config.eval.max_decode_len)
-    sources, references = data.texts(run.sources[split])
-    hypotheses = evaluate.translate_source(translate, state.params, run.sources[split],
-                                           run.tokenizer, run.lengths, config.eval.batch_size)
+    pairs = run.splits[split]
+    hypotheses = evaluate.translate_pairs(translate, state.params, pairs, run.tokenizer,
+                                          run.lengths, config.eval.batch_size)
+    sources, references = [p[0] for p in pairs], [p[1] for p in pairs]
     evaluate.score_and_write(run.workdir, split, step, sources, hypotheses, references,
                              config.eval.num_samples)
 

@@ -3,7 +3,11 @@
 A batch is a dict of int32 arrays:
   inputs          [b, s]  source ids followed by EOS, 0-padded;
   decoder_inputs  [b, t]  BOS followed by the target ids (the target shifted right);
-  targets         [b, t]  the target ids followed by EOS, 0-padded.
+  targets         [b, t]  the target ids followed by EOS, 0-padded;
+and, for packed training batches (several examples per row),
+  inputs_segment_ids, inputs_positions                 [b, s]
+  decoder_inputs_segment_ids, decoder_inputs_positions [b, t]
+  targets_segment_ids, targets_positions               [b, t].
 Fixed shapes mean the train step compiles once.
 """
 
@@ -25,8 +29,27 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 TOKENIZER_FILE = 'tokenizer.model'
 
 
+Pair = tuple[str, str]  # (source sentence, target sentence)
+
+
 def _text(value) -> str:
     return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def read_pairs(source, chunk_size: int = 4096) -> list[Pair]:
+    """Reads every ``{'source', 'target'}`` record of a TFDS data source into memory.
+
+    Batched reads (``__getitems__``) are ~5x faster than one record at a time, and the
+    training pipeline then shuffles and tokenizes strings in memory. Memory is about twice
+    the text size (WMT14 en-de, 4.5M pairs: ~1.5 GB; each host of a pod reads its shard).
+    """
+    getitems = getattr(source, '__getitems__', None)
+    pairs = []
+    for start in range(0, len(source), chunk_size):
+        indices = list(range(start, min(start + chunk_size, len(source))))
+        records = getitems(indices) if getitems else [source[i] for i in indices]
+        pairs += [(_text(r['source']), _text(r['target'])) for r in records]
+    return pairs
 
 
 class Tokenizer:
@@ -83,21 +106,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 
     return Tokenizer(proto.getvalue())
 
 
-def get_tokenizer(workdir: str, train_source, vocab_size: int, **kwargs) -> Tokenizer:
+def get_tokenizer(workdir: str, train_pairs: list[Pair], vocab_size: int, **kwargs) -> Tokenizer:
     """Loads ``workdir/tokenizer.model`` or trains it on the train split and saves it there."""
     path = os.path.join(workdir, TOKENIZER_FILE)
     if os.path.exists(path):
         return Tokenizer.load(path)
     log.info('Training a %d-piece SentencePiece tokenizer on %d pairs', vocab_size,
-                 len(train_source))
-
-    def texts():
-        for i in range(len(train_source)):
-            record = train_source[i]
-            yield _text(record['source'])
-            yield _text(record['target'])
-
-    tokenizer = train_tokenizer(texts(), vocab_size, **kwargs)
+             len(train_pairs))
+    tokenizer = train_tokenizer((text for pair in train_pairs for text in pair), vocab_size,
+                                **kwargs)
     os.makedirs(workdir, exist_ok=True)
     tokenizer.save(path)
     return tokenizer
@@ -111,14 +128,14 @@ class Lengths:
 
 
 class Tokenize(grain.transforms.Map):
-    """{'source': bytes, 'target': bytes} -> unpadded int32 id arrays."""
+    """A (source, target) pair of strings -> unpadded int32 id arrays."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
-    def map(self, record):
-        src = self.tokenizer.encode(_text(record['source'])) + [EOS_ID]
-        tgt = self.tokenizer.encode(_text(record['target']))
+    def map(self, pair: Pair):
+        src = self.tokenizer.encode(pair[0]) + [EOS_ID]
+        tgt = self.tokenizer.encode(pair[1])
         return {'inputs': np.asarray(src, np.int32),
                 'targets': np.asarray(tgt + [EOS_ID], np.int32),
                 'decoder_inputs': np.asarray([BOS_ID] + tgt, np.int32)}
@@ -140,29 +157,40 @@ def pad(example, lengths: Lengths):
     return out
 
 
-def train_dataset(source, tokenizer: Tokenizer, lengths: Lengths, batch_size: int,
-                  seed: int) -> grain.IterDataset:
-    """Shuffled (anew each epoch), endless, tokenized, length-filtered, padded batches.
+def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, batch_size: int,
+                  seed: int, *, pack: bool = True) -> grain.IterDataset:
+    """Shuffled (anew each epoch), endless, tokenized, length-filtered batches.
+
+    With ``pack`` each of the ``batch_size`` rows holds as many whole examples as fit
+    (first-fit packing), and the batch gains ``<field>_segment_ids`` (1, 2, ... per example
+    in the row, 0 = padding) and ``<field>_positions`` (index within the example); the model
+    never attends across examples. Without it each row is one zero-padded example.
 
     Its iterator's ``get_state()`` is small JSON-able state that, restored, replays exactly
     the batches that would have followed: a resumed run sees the same data.
     """
-    ds = (grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+    ds = (grain.MapDataset.source(pairs).shuffle(seed=seed).repeat()
           .map(Tokenize(tokenizer))
-          .filter(lambda ex: fits(ex, lengths))
-          .map(lambda ex: pad(ex, lengths)))
-    return ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=256)).batch(
-        batch_size, drop_remainder=True)
+          .filter(lambda ex: fits(ex, lengths)))
+    if not pack:
+        ds = ds.map(lambda ex: pad(ex, lengths))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=512))
+    if pack:
+        ds = grain.experimental.FirstFitPackIterDataset(
+            ds, length_struct={'inputs': lengths.source, 'targets': lengths.target,
+                               'decoder_inputs': lengths.target},
+            num_packing_bins=batch_size, seed=seed, shuffle_bins=True)
+    return ds.batch(batch_size, drop_remainder=True)
 
 
-def eval_batches(source, tokenizer: Tokenizer, lengths: Lengths,
+def eval_batches(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths,
                  batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Every example of ``source`` once, in order, in full batches.
+    """Every pair once, in order, in full batches.
 
     Over-long examples are truncated (so every sentence gets a score); the last batch is
     filled with all-padding rows, which carry zero weight in every metric.
     """
-    ds = grain.MapDataset.source(source).map(Tokenize(tokenizer)).map(lambda ex: pad(ex, lengths))
+    ds = grain.MapDataset.source(pairs).map(Tokenize(tokenizer)).map(lambda ex: pad(ex, lengths))
     for batch in ds.batch(batch_size, drop_remainder=False):
         short = batch_size - len(batch['inputs'])
         if short:
@@ -171,13 +199,7 @@ def eval_batches(source, tokenizer: Tokenizer, lengths: Lengths,
         yield batch
 
 
-def count_too_long(source, tokenizer: Tokenizer, lengths: Lengths) -> int:
-    """How many examples of ``source`` the training filter drops for their length."""
+def count_too_long(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths) -> int:
+    """How many pairs the training filter drops for their length."""
     tokenize = Tokenize(tokenizer)
-    return sum(not fits(tokenize.map(source[i]), lengths) for i in range(len(source)))
-
-
-def texts(source) -> tuple[list[str], list[str]]:
-    """All (source, target) strings of a split, in order."""
-    records = [source[i] for i in range(len(source))]
-    return [_text(r['source']) for r in records], [_text(r['target']) for r in records]
+    return sum(not fits(tokenize.map(pair), lengths) for pair in pairs)

@@ -21,11 +21,11 @@ def make_translator(graphdef, *, max_decode_len: int):
     return jax.jit(translate)
 
 
-def translate_source(translate, params, source, tokenizer: data.Tokenizer,
-                     lengths: data.Lengths, batch_size: int) -> list[str]:
-    """Translates every example of ``source`` in order; returns detokenized hypotheses."""
+def translate_pairs(translate, params, pairs: list[data.Pair], tokenizer: data.Tokenizer,
+                    lengths: data.Lengths, batch_size: int) -> list[str]:
+    """Translates the source side of every pair, in order; returns detokenized hypotheses."""
     hypotheses = []
-    for batch in data.eval_batches(source, tokenizer, lengths, batch_size):
+    for batch in data.eval_batches(pairs, tokenizer, lengths, batch_size):
         tokens = np.asarray(translate(params, batch['inputs']))
         real = np.any(batch['inputs'] != 0, axis=1)  # the last batch has filler rows
         hypotheses += [tokenizer.decode(row) for row, keep in zip(tokens, real) if keep]

@@ -97,8 +97,8 @@ def summarize(sums: dict) -> dict[str, float]:
 def _forward(graphdef, params, batch: Batch, dropout_rng):
     model = nnx.merge(graphdef, params)
     return model(batch['inputs'], batch['decoder_inputs'],
-                 batch.get('inputs_segmentation'), batch.get('targets_segmentation'),
-                 batch.get('inputs_position'), batch.get('targets_position'),
+                 batch.get('inputs_segment_ids'), batch.get('targets_segment_ids'),
+                 batch.get('inputs_positions'), batch.get('targets_positions'),
                  dropout_rng=dropout_rng)
 
 

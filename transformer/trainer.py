@@ -30,7 +30,7 @@ class Run:
     """What training and evaluation both build from a config and a workdir."""
     config: ml_collections.ConfigDict
     workdir: str
-    sources: dict              # split -> random-access data source
+    splits: dict               # split name -> list of (source, target) strings
     tokenizer: data.Tokenizer
     lengths: data.Lengths
     model: EncoderDecoder      # freshly initialised; the trained values live in `state`
@@ -66,8 +66,9 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_tokenizer: b
     workdir = os.path.abspath(os.path.expanduser(workdir))
     d, t = config.data, config.train
     sources = tasks.load_sources(d.dataset, d.data_dir or None, **d.builder_kwargs)
+    splits = {name: data.read_pairs(source) for name, source in sources.items()}
     if train_tokenizer:
-        tokenizer = data.get_tokenizer(workdir, sources['train'], d.vocab_size)
+        tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size)
     else:
         tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
     lengths = data.Lengths(d.max_source_length, d.max_target_length)
@@ -78,7 +79,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_tokenizer: b
         grad_clip_norm=t.grad_clip_norm or None)
     graphdef, state = train_lib.init_state(model, optimizer)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints)
-    return Run(config, workdir, sources, tokenizer, lengths, model, optimizer, graphdef, state, ckpt)
+    return Run(config, workdir, splits, tokenizer, lengths, model, optimizer, graphdef, state, ckpt)
 
 
 def write_run_info(run: Run) -> None:
@@ -116,11 +117,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_run_info(run)
     log.info('Model %s: %s parameters; vocabulary %d', config.model.variant,
                  f'{count_params(run.model):,}', run.tokenizer.vocab_size)
-    dropped = data.count_too_long(run.sources['train'], run.tokenizer, run.lengths)
+    dropped = data.count_too_long(run.splits['train'], run.tokenizer, run.lengths)
     log.info('Training pairs longer than %s are skipped: %d of %d', run.lengths, dropped,
-                 len(run.sources['train']))
-    train_iter = iter(data.train_dataset(run.sources['train'], run.tokenizer, run.lengths,
-                                         t.batch_size, seed=config.seed))
+                 len(run.splits['train']))
+    train_iter = iter(data.train_dataset(run.splits['train'], run.tokenizer, run.lengths,
+                                         t.batch_size, seed=config.seed, pack=config.data.pack))
 
     # 2. Resume from the latest checkpoint, data position included.
     state = run.state
@@ -165,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             sums, tokens, tick = None, 0, time.perf_counter()
 
         if step % t.eval_every == 0 or step == t.num_steps:
-            batches = _take(data.eval_batches(run.sources['validation'], run.tokenizer,
+            batches = _take(data.eval_batches(run.splits['validation'], run.tokenizer,
                                               run.lengths, config.eval.batch_size), t.eval_batches)
             val_metrics = evaluate_loss(eval_step, state.params, batches)
             writer.write(step, 'validation', val_metrics)

@@ -1,0 +1,110 @@
+"""The embedded task, the TFDS builder, the tokenizer and the grain pipeline."""
+
+import numpy as np
+import pytest
+
+from transformer import data, numbers_de, tasks
+
+
+@pytest.mark.parametrize('n,en,de', [
+    (21, 'twenty-one', 'einundzwanzig'),
+    (101, 'one hundred one', 'einhunderteins'),
+    (1984, 'one thousand nine hundred eighty-four', 'eintausendneunhundertvierundachtzig'),
+    (300017, 'three hundred thousand seventeen', 'dreihunderttausendsiebzehn'),
+])
+def test_numbers_in_both_languages(n, en, de):
+    assert numbers_de.english_number(n) == en
+    assert numbers_de.german_number(n) == de
+
+
+def test_years_ordinals_and_half_hours():
+    assert numbers_de.english_year(1984) == 'nineteen eighty-four'
+    assert numbers_de.german_year(1984) == 'neunzehnhundertvierundachtzig'
+    assert numbers_de.english_year(1905) == 'nineteen oh five'
+    assert numbers_de.english_ordinal(22) == 'twenty-second'
+    assert numbers_de.german_ordinal_stem(3) + 'en' == 'dritten'
+    assert numbers_de._clock_hour_de(12 + 1) == 'eins'  # half past twelve -> halb eins
+
+
+def test_generator_is_deterministic_and_splits_are_disjoint():
+    sizes = {'train': 3000, 'validation': 200, 'test': 200}
+    a, b = numbers_de.make_splits(7, sizes), numbers_de.make_splits(7, sizes)
+    assert a == b
+    assert {k: len(v) for k, v in a.items()} == sizes
+    seen = [set(en for en, _ in a[name]) for name in sizes]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert numbers_de.make_splits(8, sizes) != a
+
+
+def test_tfds_builder_writes_array_record_and_reads_back(tmp_path):
+    sources = tasks.load_sources('numbers_de', str(tmp_path), train_size=50,
+                                 validation_size=5, test_size=5)
+    assert {k: len(v) for k, v in sources.items()} == {'train': 50, 'validation': 5, 'test': 5}
+    assert list(tmp_path.rglob('*.array_record*'))
+    expected = dict(numbers_de.make_splits(0, {'train': 50, 'validation': 5, 'test': 5})['test'])
+    for en, de in data.read_pairs(sources['test']):
+        assert expected[en] == de
+
+
+def test_unknown_dataset_names_the_valid_ones():
+    with pytest.raises(ValueError, match="Unknown dataset 'nope'.*numbers_de"):
+        tasks.load_sources('nope')
+
+
+@pytest.fixture(scope='module')
+def pairs_and_tokenizer():
+    pairs = numbers_de.make_splits(0, {'train': 2000})['train']
+    tokenizer = data.train_tokenizer((t for p in pairs for t in p), 200)
+    return pairs, tokenizer
+
+
+def test_tokenizer_reserves_pad_unk_bos_eos_and_round_trips(pairs_and_tokenizer, tmp_path):
+    pairs, tokenizer = pairs_and_tokenizer
+    sp = tokenizer.sp
+    assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2, 3)
+    for _, de in pairs[:50]:
+        assert tokenizer.decode(tokenizer.encode(de) + [data.EOS_ID, 7, 7]) == de
+    tokenizer.save(str(tmp_path / 'tok.model'))
+    assert data.Tokenizer.load(str(tmp_path / 'tok.model')).encode('zwei') == tokenizer.encode('zwei')
+
+
+def test_packed_batches_keep_examples_whole_and_padding_low(pairs_and_tokenizer):
+    pairs, tokenizer = pairs_and_tokenizer
+    lengths = data.Lengths(36, 24)
+    batch = next(iter(data.train_dataset(pairs, tokenizer, lengths, 8, seed=0)))
+    assert batch['inputs'].shape == (8, 36) and batch['targets'].shape == (8, 24)
+    for row in range(8):
+        seg = batch['targets_segment_ids'][row]
+        for s in set(seg) - {0}:
+            tgt = batch['targets'][row][seg == s]
+            dec = batch['decoder_inputs'][row][batch['decoder_inputs_segment_ids'][row] == s]
+            assert tgt[-1] == data.EOS_ID and dec[0] == data.BOS_ID
+            np.testing.assert_array_equal(dec[1:], tgt[:-1])  # shifted right within the example
+            np.testing.assert_array_equal(batch['targets_positions'][row][seg == s], np.arange(len(tgt)))
+    assert np.mean(batch['targets'] != 0) > 0.75
+
+
+def test_iterator_state_replays_the_same_batches(pairs_and_tokenizer):
+    pairs, tokenizer = pairs_and_tokenizer
+    lengths = data.Lengths(36, 24)
+    it = iter(data.train_dataset(pairs, tokenizer, lengths, 4, seed=3))
+    for _ in range(5):
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    resumed = iter(data.train_dataset(pairs, tokenizer, lengths, 4, seed=3))
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_eval_batches_cover_every_pair_once_in_order(pairs_and_tokenizer):
+    pairs, tokenizer = pairs_and_tokenizer
+    batches = list(data.eval_batches(pairs[:23], tokenizer, data.Lengths(36, 24), 10))
+    assert len(batches) == 3 and all(b['inputs'].shape == (10, 36) for b in batches)
+    rows = np.concatenate([b['inputs'] for b in batches])
+    assert np.all(rows[23:] == 0)
+    first = tokenizer.encode(pairs[0][0]) + [data.EOS_ID]
+    np.testing.assert_array_equal(rows[0, :len(first)], first)

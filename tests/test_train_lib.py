@@ -1,0 +1,56 @@
+"""Loss, schedule and train step: the math matches its definition and training learns."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import VOCAB, make_model, random_tokens
+from transformer import train_lib
+
+
+def test_label_smoothed_loss_equals_kl_to_the_smoothed_distribution(rng):
+    logits = jnp.asarray(rng.normal(size=(2, 3, 7)), jnp.float32)
+    targets = jnp.asarray(rng.integers(0, 7, (2, 3)))
+    eps = 0.1
+    loss, nll = train_lib.smoothed_cross_entropy(logits, targets, eps)
+    q = np.full((2, 3, 7), eps / 6)
+    np.put_along_axis(q, np.asarray(targets)[..., None], 1 - eps, axis=-1)
+    log_p = np.asarray(jax.nn.log_softmax(logits))
+    np.testing.assert_allclose(loss, np.sum(q * (np.log(q) - log_p), -1), rtol=1e-5)
+    np.testing.assert_allclose(nll, -np.take_along_axis(log_p, np.asarray(targets)[..., None], -1)[..., 0],
+                               rtol=1e-6)
+
+
+def test_schedule_equals_the_paper_formula_with_its_implied_peak():
+    d_model, warmup = 512, 4000
+    schedule = train_lib.learning_rate_schedule((d_model * warmup) ** -0.5, warmup)
+    for step in (1, 100, 3999, 4000, 4001, 20000, 100000):
+        paper = d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+        assert float(schedule(step - 1)) == pytest.approx(paper, rel=1e-5)
+
+
+def test_padding_carries_no_weight(rng):
+    logits = jnp.asarray(rng.normal(size=(1, 4, VOCAB)), jnp.float32)
+    targets = jnp.asarray([[5, 6, 0, 0]])
+    sums = train_lib.batch_metrics(logits, targets, 0.1)
+    assert float(sums['tokens']) == 2
+    trimmed = train_lib.batch_metrics(logits[:, :2], targets[:, :2], 0.1)
+    assert float(sums['loss']) == pytest.approx(float(trimmed['loss']), rel=1e-6)
+
+
+@pytest.mark.parametrize('clip', [None, 1.0])
+def test_loss_decreases_on_a_repeated_batch(rng, clip):
+    model = make_model(dropout_rate=0.1)
+    optimizer = train_lib.make_optimizer(3e-3, 10, grad_clip_norm=clip)
+    graphdef, state = train_lib.init_state(model, optimizer)
+    step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=0.1, dropout_seed=0)
+    tgt = random_tokens(rng, 8, 6, min_len=3)
+    batch = {'inputs': random_tokens(rng, 8, 7, min_len=3), 'targets': tgt,
+             'decoder_inputs': np.concatenate([np.full((8, 1), 2, np.int32), tgt[:, :-1]], 1)}
+    losses = []
+    for _ in range(40):
+        state, sums = step(state, batch)
+        losses.append(float(sums['loss'] / sums['tokens']))
+    assert int(state.step) == 40
+    assert losses[-1] < 0.5 * losses[0]
