@@ -27,7 +27,8 @@ def main(argv):
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:
         raise SystemExit(f'Error: {e}') from None
-    print('final validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in result.items()))
+    if result:
+        print('final validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in result.items()))
 
 
 if __name__ == '__main__':

@@ -40,10 +40,10 @@ def test_rows_stop_after_eos(rng):
     # Force EOS to be the argmax at every step: the last (post-LN) norm then outputs
     # exactly its bias (all ones), whose dot product with EOS's embedding row is largest.
     norm = model.decoder[-1].ff_block.norm
-    norm.scale.value = jnp.zeros_like(norm.scale.value)
-    norm.bias.value = jnp.ones_like(norm.bias.value)
-    table = model.source_embed.table.value
-    model.source_embed.table.value = table.at[EOS].set(1.0)
+    norm.scale[...] = jnp.zeros_like(norm.scale[...])
+    norm.bias[...] = jnp.ones_like(norm.bias[...])
+    table = model.source_embed.table
+    table[...] = table[...].at[EOS].set(1.0)
     src = random_tokens(rng, 3, 6)
     out = np.asarray(decode.greedy_decode(model, jnp.asarray(src), bos_id=BOS, eos_id=EOS, max_len=5))
     assert np.all(out[:, 0] == EOS) and np.all(out[:, 1:] == 0)

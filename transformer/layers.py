@@ -72,9 +72,9 @@ class Projection(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: Array) -> Array:
-        y = einsum(self.equation, x, self.kernel.value, self.dtype)
+        y = einsum(self.equation, x, self.kernel[...], self.dtype)
         if self.bias is not None:
-            y = y + self.bias.value.astype(self.dtype)
+            y = y + self.bias[...].astype(self.dtype)
         return y
 
 

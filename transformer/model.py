@@ -119,28 +119,26 @@ class Embedder(nnx.Module):
         # same matrix, transposed, then produces unit-variance logits when it is shared.
         init = nnx.initializers.normal(stddev=cfg.d_model ** -0.5)
         self.table = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model), cfg.param_dtype))
-        self.positions = None
-        if cfg.positional == 'learned':
-            pos_init = nnx.initializers.normal(stddev=0.02)
-            self.positions = nnx.Param(pos_init(rngs.params(), (cfg.max_len, cfg.d_model),
-                                                cfg.param_dtype))
-        elif cfg.positional != 'sinusoidal':
+        if cfg.positional not in ('sinusoidal', 'learned'):
             raise ValueError(f"positional={cfg.positional!r}; valid: 'sinusoidal', 'learned'")
+        self.positions = None if cfg.positional == 'sinusoidal' else nnx.Param(
+            nnx.initializers.normal(stddev=0.02)(rngs.params(), (cfg.max_len, cfg.d_model),
+                                                 cfg.param_dtype))
         self.d_model = cfg.d_model
         self.dtype = cfg.dtype
 
     def __call__(self, tokens: Array, positions: Array) -> Array:
         """tokens, positions: [b, l] int -> [b, l, d]."""
-        x = jnp.take(self.table.value, tokens, axis=0) * jnp.sqrt(float(self.d_model))
+        x = jnp.take(self.table[...], tokens, axis=0) * jnp.sqrt(float(self.d_model))
         if self.positions is None:
             pe = sinusoidal_encoding(positions, self.d_model)
         else:
-            pe = jnp.take(self.positions.value, positions, axis=0)
+            pe = jnp.take(self.positions[...], positions, axis=0)
         return (x + pe).astype(self.dtype)
 
     def attend(self, y: Array) -> Array:
         """Output logits with the embedding as pre-softmax matrix: [b, l, d] -> [b, l, V] float32."""
-        return jnp.einsum('bld,vd->blv', y, self.table.value.astype(self.dtype),
+        return jnp.einsum('bld,vd->blv', y, self.table[...].astype(self.dtype),
                           preferred_element_type=jnp.float32)
 
 
@@ -214,7 +212,7 @@ class EncoderDecoder(nnx.Module):
             y = self.decoder_norm(y)
         if self.output is None:
             return self.target_embed.attend(y)
-        return jnp.einsum('btd,dv->btv', y, self.output.kernel.value.astype(self.cfg.dtype),
+        return jnp.einsum('btd,dv->btv', y, self.output.kernel[...].astype(self.cfg.dtype),
                           preferred_element_type=jnp.float32)
 
     # -- incremental decoding ------------------------------------------------------------

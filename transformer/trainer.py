@@ -130,6 +130,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_iter.set_state(data_state)
         log.info('Resumed from step %d in %s', int(state.step), run.checkpointer.directory)
     start = int(state.step)
+    if start >= t.num_steps:
+        log.info('Already trained to step %d (train.num_steps=%d): nothing to do. Raise '
+                 '--config.train.num_steps to train further.', start, t.num_steps)
 
     # 3. Compile the steps.
     train_step = train_lib.make_train_step(run.graphdef, run.optimizer,
