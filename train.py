@@ -9,7 +9,7 @@ Running the same command again resumes from the latest checkpoint in --workdir.
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import trainer
+from transformer import inference, trainer
 from transformer.config_lib import ConfigError
 
 FLAGS = flags.FLAGS
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    trainer.configure_logging()
+    inference.configure_logging()
     try:
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:

@@ -22,6 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.data_dir = ''             # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
     config.data.builder_kwargs = ml_collections.ConfigDict(
         dict(seed=0, train_size=60_000, validation_size=1_000, test_size=1_000))
+    config.data.target_language = 'de'    # for tokenized BLEU
     config.data.vocab_size = 1000         # joint SentencePiece vocabulary
     # Row lengths in tokens (EOS included); a longer training pair is dropped (and counted).
     # With packing a row holds several pairs: here ~4, so padding stays under 10%.
@@ -59,7 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.split = 'test'
     config.eval.batch_size = 250
-    config.eval.max_decode_len = 32
+    config.eval.max_decode_len = 32       # decoder steps, EOS included
+    config.eval.decode_length_offset = 0  # > 0: outputs at most source length + offset
+    config.eval.beam_size = 4
+    config.eval.length_penalty = 0.6      # GNMT alpha
     config.eval.num_samples = 5           # translations printed beside their references
 
     if arg == 'tiny':  # for tests: a few hundred pairs, the tiny model, a few steps

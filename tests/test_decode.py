@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from conftest import make_model, random_tokens
@@ -47,3 +48,120 @@ def test_rows_stop_after_eos(rng):
     src = random_tokens(rng, 3, 6)
     out = np.asarray(decode.greedy_decode(model, jnp.asarray(src), bos_id=BOS, eos_id=EOS, max_len=5))
     assert np.all(out[:, 0] == EOS) and np.all(out[:, 1:] == 0)
+
+
+# -- beam search on hand-built scoring functions --------------------------------------------
+
+A, B, C = 4, 5, 6
+V = 7
+
+
+def table_step_fn(probabilities: dict):
+    """A scoring function p(next | last token) from a table {last: {next: p}}.
+
+    Its step state counts the steps each beam has taken, so that the test can check that
+    beams carry their own state when they are reordered.
+    """
+    table = np.full((V, V), 1e-6)
+    for last, nexts in probabilities.items():
+        for token, p in nexts.items():
+            table[last, token] = p
+    log_table = jnp.asarray(np.log(table / table.sum(1, keepdims=True)), jnp.float32)
+
+    def step_fn(tokens, index, state):
+        return log_table[tokens], state + 1
+    return step_fn, np.asarray(log_table)
+
+
+def brute_force_best(log_table, alpha, max_len):
+    """Scores every sequence that ends in EOS within max_len tokens; returns the best."""
+    best, best_score = None, -np.inf
+    frontier = [((), BOS, 0.0)]
+    for length in range(1, max_len + 1):
+        grown = []
+        for seq, last, logp in frontier:
+            for token in range(3, V):
+                lp = logp + log_table[last, token]
+                if token == EOS:
+                    score = lp / ((5 + length) / 6) ** alpha
+                    if score > best_score:
+                        best, best_score = seq + (token,), score
+                else:
+                    grown.append((seq + (token,), token, lp))
+        frontier = grown
+    return best, best_score
+
+
+def run_beam(step_fn, beam_size, alpha, max_len, batch=1):
+    state = jnp.zeros((batch * beam_size,), jnp.int32)
+    tokens, scores = decode.beam_search(step_fn, state, batch=batch, beam_size=beam_size,
+                                        alpha=alpha, bos_id=BOS, eos_id=EOS, max_len=max_len)
+    return np.asarray(tokens), np.asarray(scores)
+
+
+def strip(row):
+    row = list(row)
+    return tuple(row[:row.index(EOS) + 1]) if EOS in row else tuple(row)
+
+
+def test_beam_search_finds_the_best_sequence_where_greedy_fails():
+    # Greedy takes A (0.6), after which EOS is unlikely; B (0.4) leads to a near-certain EOS.
+    step_fn, log_table = table_step_fn({BOS: {A: 0.6, B: 0.4}, A: {EOS: 0.3, C: 0.7},
+                                        B: {EOS: 0.99}, C: {C: 0.5, A: 0.5}})
+    greedy, _ = run_beam(step_fn, 1, 0.0, 2)
+    beam, score = run_beam(step_fn, 4, 0.0, 2)
+    assert strip(greedy[0]) == (A, EOS)  # forced EOS at the length limit
+    assert strip(beam[0]) == (B, EOS)
+    best, best_score = brute_force_best(log_table, 0.0, 2)
+    assert strip(beam[0]) == best and score[0] == pytest.approx(best_score, rel=1e-5)
+
+
+@pytest.mark.parametrize('alpha', [0.0, 0.6, 1.0, 10.0])
+def test_length_penalty_picks_what_the_formula_says(alpha):
+    # A short hypothesis (A EOS, p=0.54) against longer ones (B C ... EOS, p<=0.18).
+    step_fn, log_table = table_step_fn({BOS: {A: 0.6, B: 0.4}, A: {EOS: 0.9, C: 0.1},
+                                        B: {C: 0.9, EOS: 0.1}, C: {C: 0.5, EOS: 0.5}})
+    tokens, scores = run_beam(step_fn, 4, alpha, 4)
+    best, best_score = brute_force_best(log_table, alpha, 4)
+    assert strip(tokens[0]) == best
+    assert scores[0] == pytest.approx(best_score, rel=1e-5)
+    if alpha == 0.0:
+        assert best == (A, EOS)  # raw log-probabilities favour the short output
+    if alpha == 10.0:
+        assert best != (A, EOS)  # a strong penalty makes a longer one win
+
+
+def test_finished_hypotheses_are_never_extended():
+    step_fn, log_table = table_step_fn({BOS: {A: 0.5, EOS: 0.5}, A: {A: 0.9, EOS: 0.1}})
+    tokens, scores = run_beam(step_fn, 3, 0.0, 6, batch=2)
+    for row, score in zip(tokens, scores):
+        assert strip(row) == (EOS,)
+        assert np.all(row[1:] == 0)  # nothing after EOS
+        assert score == pytest.approx(log_table[BOS, EOS], rel=1e-5)
+
+
+def test_beam_size_one_equals_greedy_with_the_model(rng):
+    model = make_model(seed=3)
+    src = random_tokens(rng, 5, 8, min_len=2)
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def both(p, s):
+        m = nnx.merge(graphdef, p)
+        greedy = decode.greedy_decode(m, s, bos_id=BOS, eos_id=EOS, max_len=10)
+        beam = decode.model_beam_search(m, s, beam_size=1, alpha=0.0, bos_id=BOS, eos_id=EOS,
+                                        max_len=10)
+        return greedy, beam
+    greedy, beam = both(params, src)
+    np.testing.assert_array_equal(greedy, beam)
+
+
+def test_model_beam_search_respects_the_source_length_limit(rng):
+    model = make_model(seed=5)
+    src = random_tokens(rng, 4, 6, min_len=1)
+    out = np.asarray(decode.model_beam_search(model, jnp.asarray(src), beam_size=3, alpha=0.6,
+                                              bos_id=BOS, eos_id=EOS, max_len=12, length_offset=2))
+    for row, src_row in zip(out, src):
+        length = len(strip(row))
+        assert length <= np.count_nonzero(src_row) + 2
+        assert row[length - 1] == EOS

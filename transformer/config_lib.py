@@ -53,8 +53,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'expected >= 0 (0 disables clipping)')
     for key in ('log_every', 'eval_every', 'checkpoint_every'):
         _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
-    _check(e.split in ('train', 'validation', 'test'), 'eval.split', e.split,
-           "expected 'train', 'validation' or 'test'")
+    _check(e.beam_size >= 1, 'eval.beam_size', e.beam_size, 'expected >= 1 (1 = greedy)')
+    _check(e.length_penalty >= 0, 'eval.length_penalty', e.length_penalty, 'expected >= 0')
+    _check(e.decode_length_offset >= 0, 'eval.decode_length_offset', e.decode_length_offset,
+           'expected >= 0 (0 = no limit from the source length)')
     _check(e.batch_size > 0, 'eval.batch_size', e.batch_size, 'expected a positive integer')
     _check(e.max_decode_len > 0, 'eval.max_decode_len', e.max_decode_len, 'expected > 0')
 

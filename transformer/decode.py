@@ -52,3 +52,140 @@ def greedy_decode(model: EncoderDecoder, src: Array, *, bos_id: int, eos_id: int
 
     carry = jax.lax.while_loop(cond, body, (jnp.int32(0), tokens, cache, out, done))
     return carry[3]
+
+
+def length_penalty(length: Array, alpha: float) -> Array:
+    """GNMT length penalty (Wu et al., 2016): ((5 + length) / 6) ** alpha.
+
+    Beam scores are log-probabilities divided by this; alpha = 0 compares raw
+    log-probabilities (favouring short outputs), larger alpha favours longer ones.
+    """
+    return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+
+
+def _select(x: Array, indices: Array) -> Array:
+    """x [b, n, ...], indices [b, m] -> x[row, indices[row]] as [b, m, ...]."""
+    return jnp.take_along_axis(x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def _select_beams(tree, indices: Array):
+    """Reorders beams in every leaf [b * k, ...] of ``tree`` by indices [b, k]."""
+    batch = indices.shape[0]
+
+    def select(x):
+        return _select(x.reshape(batch, -1, *x.shape[1:]), indices).reshape(x.shape)
+    return jax.tree.map(select, tree)
+
+
+def beam_search(step_fn, step_state, *, batch: int, beam_size: int, alpha: float, bos_id: int,
+                eos_id: int, max_len: int, row_limits: Array | None = None):
+    """Batched beam search with the GNMT length penalty.
+
+    Args:
+      step_fn: ``(tokens [b*k], index, step_state) -> (log_probs [b*k, V], step_state)``:
+        scores the next token given the last one; ``step_state`` is any pytree whose leaves
+        have leading dimension b*k (e.g. the decoder's self-attention cache); beams are
+        reordered by gathering along it.
+      step_state: the initial state, already repeated for each beam.
+      beam_size: k.  alpha: length-penalty exponent.
+      max_len: the most tokens per hypothesis (EOS included).
+      row_limits: optional [b] int, a per-row maximum length (<= max_len), e.g. tied to the
+        source length; a hypothesis reaching it must end with EOS. Without it a row whose
+        hypotheses all run to max_len returns its best unfinished one (as greedy does).
+    Returns:
+      (tokens [b, max_len] int32, 0-padded after EOS; scores [b] = log p / penalty).
+
+    A hypothesis that emits EOS moves to the finished set and is never extended. The search
+    stops when no alive hypothesis can still beat the worst finished one of every row.
+    """
+    k, neg_inf = beam_size, -1e9
+    limits = jnp.full((batch,), max_len) if row_limits is None else jnp.minimum(row_limits, max_len)
+    # Only beam 0 is live at the start: the k beams are identical copies.
+    alive_logp = jnp.tile(jnp.array([0.0] + [neg_inf] * (k - 1), jnp.float32), (batch, 1))
+    init = dict(index=jnp.int32(0),
+                tokens=jnp.full((batch * k,), bos_id, jnp.int32),
+                alive_seqs=jnp.zeros((batch, k, max_len), jnp.int32),
+                alive_logp=alive_logp,
+                finished_seqs=jnp.zeros((batch, k, max_len), jnp.int32),
+                finished_scores=jnp.full((batch, k), neg_inf, jnp.float32),
+                state=step_state)
+
+    def cond(c):
+        # Log-probabilities only fall, so an alive beam's best final score is its current
+        # log-probability under the largest penalty it can still get.
+        best_alive = c['alive_logp'][:, 0] / length_penalty(limits, alpha)
+        worst_finished = c['finished_scores'][:, -1]
+        can_improve = (c['alive_logp'][:, 0] > neg_inf / 2) & (best_alive > worst_finished)
+        return (c['index'] < max_len) & jnp.any(can_improve)
+
+    def body(c):
+        i = c['index']
+        log_probs, state = step_fn(c['tokens'], i, c['state'])
+        vocab = log_probs.shape[-1]
+        log_probs = log_probs.reshape(batch, k, vocab)
+        if row_limits is not None:  # at a row's length limit only EOS may follow
+            at_limit = (i + 1 >= limits)[:, None, None]
+            log_probs = jnp.where(at_limit & (jnp.arange(vocab) != eos_id), neg_inf, log_probs)
+        candidates = (c['alive_logp'][:, :, None] + log_probs).reshape(batch, k * vocab)
+        # 2k candidates guarantee k that do not end in EOS.
+        top_logp, top_index = jax.lax.top_k(candidates, 2 * k)
+        beam_of, token_of = top_index // vocab, (top_index % vocab).astype(jnp.int32)
+        seqs = _select(c['alive_seqs'], beam_of)
+        seqs = seqs.at[:, :, i].set(token_of)
+        ends = token_of == eos_id
+
+        # Finished: merge the old finished set with the candidates that just ended.
+        new_scores = jnp.where(ends, top_logp / length_penalty(i + 1, alpha), neg_inf)
+        all_scores = jnp.concatenate([c['finished_scores'], new_scores], axis=1)
+        all_seqs = jnp.concatenate([c['finished_seqs'], seqs], axis=1)
+        finished_scores, keep = jax.lax.top_k(all_scores, k)
+        finished_seqs = _select(all_seqs, keep)
+
+        # Alive: the best k candidates that did not end.
+        alive_logp, keep = jax.lax.top_k(jnp.where(ends, neg_inf, top_logp), k)
+        alive_seqs = _select(seqs, keep)
+        parent = jnp.take_along_axis(beam_of, keep, axis=1)
+        tokens = jnp.take_along_axis(token_of, keep, axis=1).reshape(batch * k)
+        return dict(index=i + 1, tokens=tokens, alive_seqs=alive_seqs, alive_logp=alive_logp,
+                    finished_seqs=finished_seqs, finished_scores=finished_scores,
+                    state=_select_beams(state, parent))
+
+    c = jax.lax.while_loop(cond, body, init)
+    # A row with no finished hypothesis (possible only without row limits) returns its
+    # best alive one.
+    has_finished = c['finished_scores'][:, 0] > neg_inf / 2
+    alive_score = c['alive_logp'][:, 0] / length_penalty(limits, alpha)
+    tokens = jnp.where(has_finished[:, None], c['finished_seqs'][:, 0], c['alive_seqs'][:, 0])
+    return tokens, jnp.where(has_finished, c['finished_scores'][:, 0], alive_score)
+
+
+def model_beam_search(model: EncoderDecoder, src: Array, *, beam_size: int, alpha: float,
+                      bos_id: int, eos_id: int, max_len: int,
+                      length_offset: int | None = None) -> Array:
+    """Beam search with a trained model: src [b, s] -> tokens [b, max_len].
+
+    The encoder and the cross-attention projections run once per source sentence; each
+    step runs the decoder on one token per beam with the self-attention cache. With
+    ``length_offset`` a row may be at most (its source length + offset) tokens long.
+    """
+    batch = src.shape[0]
+    src_segments = (src != PAD_ID).astype(jnp.int32)
+    encoded = model.encode(src, src_segments)
+
+    def repeat(x):  # [b, ...] -> [b * k, ...], each row k times in a row
+        return jnp.repeat(x, beam_size, axis=0)
+
+    cross_kv = jax.tree.map(repeat, model.cross_kv(encoded))
+    src_segments_k = repeat(src_segments)
+    state = model.init_cache(batch * beam_size, max_len)
+
+    def step_fn(tokens, index, cache):
+        logits, cache = model.decode_step(tokens, index, cache, cross_kv, src_segments_k)
+        return jax.nn.log_softmax(logits, axis=-1), cache
+
+    limits = None
+    if length_offset is not None:
+        limits = jnp.sum(src_segments, axis=1) + length_offset
+    tokens, _ = beam_search(step_fn, state, batch=batch, beam_size=beam_size, alpha=alpha,
+                            bos_id=bos_id, eos_id=eos_id, max_len=max_len, row_limits=limits)
+    return tokens

@@ -17,6 +17,22 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, s
     return score.score, str(metric.get_signature())
 
 
+def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], language: str) -> float:
+    """BLEU on Moses-tokenized, lowercased text, as multi-bleu.perl computes it.
+
+    Published Multi30k results are computed this way on the dataset's tokenized, lowercased
+    references; it is not comparable with sacreBLEU, which scores detokenized cased text.
+    """
+    from sacremoses import MosesTokenizer
+    tokenizer = MosesTokenizer(lang=language)
+
+    def tok(text):
+        return tokenizer.tokenize(text.lower(), escape=False, return_str=True)
+    score = sacrebleu.BLEU(tokenize='none', force=True).corpus_score(
+        [tok(h) for h in hypotheses], [[tok(r) for r in references]])
+    return score.score
+
+
 def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Percentage of hypotheses identical to their reference (after stripping whitespace)."""
     if not references:

@@ -1,8 +1,9 @@
 """TFDS builders for the project's datasets, written as array_record (no TensorFlow needed).
 
-Every dataset yields examples ``{'source': str, 'target': str}``. ``DATASETS`` maps the
-name used in ``config.data.dataset`` to a function that prepares the dataset (if it is not
-on disk yet) and returns its random-access data sources, one per split.
+``DATASETS`` maps the name used in ``config.data.dataset`` to a function that prepares the
+dataset on first use and returns ``{split: random-access TFDS data source}`` plus the
+feature names of the source and target side. ``load_splits`` turns that into in-memory
+lists of (source, target) strings.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 
 import tensorflow_datasets as tfds
 
-from transformer import numbers_de
+from transformer import multi30k, numbers_de
+
+Pair = tuple[str, str]  # (source sentence, target sentence)
 
 
 @dataclasses.dataclass
@@ -59,16 +62,38 @@ def numbers_de_sources(data_dir: str | None, *, seed: int = 0, train_size: int =
                              validation_size=validation_size, test_size=test_size)
     builder = NumbersDe(config=config, data_dir=data_dir, file_format='array_record')
     builder.download_and_prepare()
-    return builder.as_data_source()
+    return builder.as_data_source(), ('source', 'target')
 
 
-DATASETS = {'numbers_de': numbers_de_sources}
+DATASETS = {'numbers_de': numbers_de_sources, 'multi30k': multi30k.sources}
 
 
-def load_sources(dataset: str, data_dir: str | None = None, **options):
-    """Returns {split: random-access source of {'source': bytes, 'target': bytes}}."""
+def _text(value) -> str:
+    return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def read_pairs(source, keys: tuple[str, str] = ('source', 'target'),
+               chunk_size: int = 4096) -> list[Pair]:
+    """Reads every record of a TFDS data source into memory as (source, target) strings.
+
+    Batched reads (``__getitems__``) are ~5x faster than one record at a time, and the
+    training pipeline then shuffles and tokenizes strings in memory. Memory is about twice
+    the text size (WMT14 en-de, 4.5M pairs: ~1.5 GB; each host of a pod reads its shard).
+    """
+    getitems = getattr(source, '__getitems__', None)
+    pairs = []
+    for start in range(0, len(source), chunk_size):
+        indices = list(range(start, min(start + chunk_size, len(source))))
+        records = getitems(indices) if getitems else [source[i] for i in indices]
+        pairs += [(_text(r[keys[0]]).strip(), _text(r[keys[1]]).strip()) for r in records]
+    return pairs
+
+
+def load_splits(dataset: str, data_dir: str | None = None, **options) -> dict[str, list[Pair]]:
+    """Prepares ``dataset`` if needed and returns {split: [(source, target), ...]}."""
     if dataset not in DATASETS:
         raise ValueError(f'Unknown dataset {dataset!r}; valid: {sorted(DATASETS)}')
-    if data_dir is not None:
+    if data_dir:
         data_dir = os.path.expanduser(data_dir)
-    return DATASETS[dataset](data_dir, **options)
+    sources, keys = DATASETS[dataset](data_dir or None, **options)
+    return {name: read_pairs(source, keys) for name, source in sources.items()}

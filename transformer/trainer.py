@@ -16,10 +16,9 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
-from transformer import checkpoint, config_lib, data, metrics, tasks, train_lib
+from transformer import checkpoint, config_lib, data, inference, metrics, tasks, train_lib
 from transformer.model import EncoderDecoder, count_params
 
 log = logging.getLogger('transformer')
@@ -40,13 +39,6 @@ class Run:
     checkpointer: checkpoint.Checkpointer
 
 
-def configure_logging() -> None:
-    """Our progress at INFO; the libraries' own chatter (orbax, grain, TFDS) only if WARNING."""
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    log.setLevel(logging.INFO)
-
-
 def git_hash() -> str:
     """The commit of the code being run, with '-dirty' if it has uncommitted changes."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,19 +57,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_tokenizer: b
     config_lib.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     d, t = config.data, config.train
-    sources = tasks.load_sources(d.dataset, d.data_dir or None, **d.builder_kwargs)
-    splits = {name: data.read_pairs(source) for name, source in sources.items()}
+    splits = tasks.load_splits(d.dataset, d.data_dir, **d.builder_kwargs)
     if train_tokenizer:
         tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size)
     else:
         tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
     lengths = data.Lengths(d.max_source_length, d.max_target_length)
-    model = EncoderDecoder(config_lib.model_config(config, tokenizer.vocab_size),
-                           rngs=nnx.Rngs(config.seed))
-    optimizer = train_lib.make_optimizer(
-        t.learning_rate, t.warmup_steps, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
-        grad_clip_norm=t.grad_clip_norm or None)
-    graphdef, state = train_lib.init_state(model, optimizer)
+    model, optimizer, graphdef, state = inference.build_state(config, tokenizer.vocab_size)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints)
     return Run(config, workdir, splits, tokenizer, lengths, model, optimizer, graphdef, state, ckpt)
 

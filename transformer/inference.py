@@ -1,0 +1,139 @@
+"""A trained model, ready to translate: restore (optionally averaging checkpoints), decode."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from transformer import checkpoint, config_lib, data, decode, train_lib
+from transformer.model import EncoderDecoder
+
+log = logging.getLogger('transformer')
+
+
+def configure_logging() -> None:
+    """Our progress at INFO; the libraries' own chatter (orbax, grain, TFDS) only if WARNING."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    log.setLevel(logging.INFO)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote into its workdir (``config.json``)."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{workdir} is not a training workdir (no config.json); train '
+                                f'first: python train.py --config CONFIG --workdir {workdir}')
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def build_state(config: ml_collections.ConfigDict, vocab_size: int):
+    """A freshly initialised (model, optimizer, graphdef, TrainState) for ``config``."""
+    t = config.train
+    model = EncoderDecoder(config_lib.model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
+    optimizer = train_lib.make_optimizer(
+        t.learning_rate, t.warmup_steps, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
+        grad_clip_norm=t.grad_clip_norm or None)
+    graphdef, state = train_lib.init_state(model, optimizer)
+    return model, optimizer, graphdef, state
+
+
+def restore_params(checkpointer: checkpoint.Checkpointer, abstract_state, average_last: int = 1):
+    """Parameters of the latest checkpoint, or the mean of the last ``average_last``.
+
+    Averaging the last checkpoints (the paper averages 5, section 6.1) smooths out the
+    noise of the final updates. Returns (params, the steps used).
+    """
+    steps = checkpointer.all_steps()
+    if not steps:
+        raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}: train first.')
+    steps = steps[-average_last:]
+    total = None
+    for step in steps:
+        params = checkpointer.restore(abstract_state, step)[0].params
+        total = params if total is None else jax.tree.map(lambda a, b: a + b, total, params)
+    return jax.tree.map(lambda x: x / len(steps), total), steps
+
+
+def make_decoder(graphdef, *, max_decode_len: int, beam_size: int = 1, alpha: float = 0.6,
+                 length_offset: int | None = None):
+    """Returns a jitted ``decode(params, src [b, s]) -> tokens [b, max_decode_len]``.
+
+    Beam search (with the GNMT length penalty ``alpha``) when ``beam_size`` > 1, greedy
+    decoding otherwise; with ``length_offset`` no output is longer than its source + offset.
+    """
+    def run(params, src):
+        model = nnx.merge(graphdef, params)
+        if beam_size == 1 and length_offset is None:
+            return decode.greedy_decode(model, src, bos_id=data.BOS_ID, eos_id=data.EOS_ID,
+                                        max_len=max_decode_len)
+        return decode.model_beam_search(model, src, beam_size=beam_size, alpha=alpha,
+                                        bos_id=data.BOS_ID, eos_id=data.EOS_ID,
+                                        max_len=max_decode_len, length_offset=length_offset)
+    return jax.jit(run)
+
+
+class Translator:
+    """Translates lists of sentences with the parameters of a trained run."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+                 beam_size: int | None = None, alpha: float | None = None, average_last: int = 1):
+        if not os.path.isdir(workdir):
+            raise FileNotFoundError(f'No such workdir: {workdir}; train first: '
+                                    f'python train.py --config CONFIG --workdir {workdir}')
+        self.tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
+        _, _, graphdef, state = build_state(config, self.tokenizer.vocab_size)
+        ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
+        self.params, self.steps = restore_params(ckpt, state, average_last)
+        e = config.eval
+        self.beam_size = e.beam_size if beam_size is None else beam_size
+        self.alpha = e.length_penalty if alpha is None else alpha
+        if self.beam_size < 1:
+            raise ValueError(f'beam_size={self.beam_size}; expected >= 1')
+        self.max_source_length = config.data.max_source_length
+        self.batch_size = e.batch_size
+        self._decode = make_decoder(graphdef, max_decode_len=e.max_decode_len,
+                                    beam_size=self.beam_size, alpha=self.alpha,
+                                    length_offset=e.decode_length_offset or None)
+        steps = (f'average of steps {self.steps}' if len(self.steps) > 1
+                 else f'step {self.steps[0]}')
+        self.description = (f'{workdir} ({steps}, '
+                            + (f'beam {self.beam_size}, alpha {self.alpha})' if self.beam_size > 1
+                               else 'greedy)'))
+
+    @classmethod
+    def from_workdir(cls, workdir: str, **kwargs) -> Translator:
+        return cls(load_config(workdir), workdir, **kwargs)
+
+    def encode(self, lines: list[str]) -> np.ndarray:
+        """Sentences -> [n, max_source_length] ids + EOS; longer ones are cut with a warning."""
+        out = np.zeros((len(lines), self.max_source_length), np.int32)
+        for i, line in enumerate(lines):
+            ids = self.tokenizer.encode(line) + [data.EOS_ID]
+            if len(ids) > self.max_source_length:
+                log.warning('Line %d has %d tokens; translating only its first %d.', i + 1,
+                            len(ids) - 1, self.max_source_length - 1)
+                ids = ids[:self.max_source_length - 1] + [data.EOS_ID]
+            out[i, :len(ids)] = ids
+        return out
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """One translation per line, in order; an empty line translates to ''."""
+        src = self.encode(lines)
+        outputs = []
+        for start in range(0, len(lines), self.batch_size):
+            batch = src[start:start + self.batch_size]
+            rows = len(batch)
+            if rows < self.batch_size:  # one compiled shape: fill with empty rows
+                batch = np.concatenate([batch, np.zeros((self.batch_size - rows, batch.shape[1]),
+                                                        np.int32)])
+            tokens = np.asarray(self._decode(self.params, batch))[:rows]
+            outputs += [self.tokenizer.decode(row) for row in tokens]
+        return [out if line.strip() else '' for line, out in zip(lines, outputs)]
