@@ -31,7 +31,8 @@ def main(argv):
         config_lib.validate(config)
         translator = inference.Translator(config, FLAGS.workdir)
         d = config.data
-        splits = tasks.load_splits(d.dataset, d.data_dir, **d.builder_kwargs)
+        splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
+                                  **d.builder_kwargs)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f'Error: {e}') from None
     if split not in splits:

@@ -20,6 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.dataset = 'numbers_de'
     config.data.data_dir = ''             # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
+    config.data.manual_dir = ''           # a local copy of a dataset's raw files (offline builds)
     config.data.builder_kwargs = ml_collections.ConfigDict(
         dict(seed=0, train_size=60_000, validation_size=1_000, test_size=1_000))
     config.data.target_language = 'de'    # for tokenized BLEU

@@ -2,7 +2,7 @@
 
 Splits: train (29,000 pairs), validation (1,014), test2016 (1,000). The raw files come from
 the dataset's public GitHub repository, checked against their sha256, or -- offline -- from
-a local folder holding the same six files (``config.data.builder_kwargs.manual_dir``).
+a local folder holding the same six files (``config.data.manual_dir``).
 The data is for non-commercial research and education; it is never copied into this
 repository.
 """
@@ -73,7 +73,7 @@ def _download(download_dir: str) -> None:
             os.remove(path + '.tmp')
             raise DataNotFoundError(f'Downloaded {name} has the wrong sha256; the source changed '
                                     'or the download was corrupted. Try again, or use a local copy '
-                                    '(--config.data.builder_kwargs.manual_dir=DIR).')
+                                    '(--config.data.manual_dir=DIR).')
         os.replace(path + '.tmp', path)
 
 
@@ -96,7 +96,7 @@ def fetch(manual_dir: str | None, download_dir: str) -> str:
             f'failed ({e}). Fix either way:\n'
             f'  1. connect to the internet and run again (files go to {download_dir}), or\n'
             f'  2. put {", ".join(FILES)} (from github.com/multi30k/dataset, data/task1/raw) in '
-            'a folder and pass --config.data.builder_kwargs.manual_dir=FOLDER') from None
+            'a folder and pass --config.data.manual_dir=FOLDER') from None
 
 
 def read_lines(path: str) -> list[str]:

@@ -90,7 +90,11 @@ def read_pairs(source, keys: tuple[str, str] = ('source', 'target'),
 
 
 def load_splits(dataset: str, data_dir: str | None = None, **options) -> dict[str, list[Pair]]:
-    """Prepares ``dataset`` if needed and returns {split: [(source, target), ...]}."""
+    """Prepares ``dataset`` if needed and returns {split: [(source, target), ...]}.
+
+    ``options`` go to the dataset's function (e.g. ``manual_dir``, ``reverse``); each
+    ignores the ones it does not use.
+    """
     if dataset not in DATASETS:
         raise ValueError(f'Unknown dataset {dataset!r}; valid: {sorted(DATASETS)}')
     if data_dir:

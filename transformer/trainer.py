@@ -57,7 +57,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, train_tokenizer: b
     config_lib.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     d, t = config.data, config.train
-    splits = tasks.load_splits(d.dataset, d.data_dir, **d.builder_kwargs)
+    splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
+                                  **d.builder_kwargs)
     if train_tokenizer:
         tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size)
     else:
