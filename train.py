@@ -6,10 +6,13 @@
 Running the same command again resumes from the latest checkpoint in --workdir.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
 from transformer import inference, trainer
+from transformer.checkpoint import CheckpointMismatchError
 from transformer.config_lib import ConfigError
 
 FLAGS = flags.FLAGS
@@ -25,7 +28,11 @@ def main(argv):
     inference.configure_logging()
     try:
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except ConfigError as e:
+    except trainer.TrainingInterrupted as e:
+        print(f'Stopped by {e}', file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except (ConfigError, FileNotFoundError, CheckpointMismatchError,
+            trainer.NonFiniteLossError) as e:
         raise SystemExit(f'Error: {e}') from None
     if result:
         print('final validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in result.items()))

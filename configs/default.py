@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32          # rows; x (36 + 24) tokens, ~125 pairs when packed
+    config.train.grad_accum_steps = 1     # n > 1: n micro-batches of batch_size rows per update
     config.train.num_steps = 2000
     config.train.learning_rate = 2e-3     # peak of the warmup / inverse-sqrt schedule
     config.train.warmup_steps = 400

@@ -29,17 +29,25 @@ def tiny(data_dir, workdir, *extra):
             f'--config.data.data_dir={data_dir}', *extra]
 
 
-def test_train_evaluate_stop_and_resume(tmp_path, data_dir):
-    workdir = tmp_path / 'run'
-    run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=10'))
-    assert sorted(os.listdir(workdir / 'checkpoints')) == ['10']
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_dir):
+    """A tiny run trained for 10 steps, then resumed to 20 (outputs kept for the tests)."""
+    workdir = tmp_path_factory.mktemp('run')
+    first = run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=10'))
+    checkpoints_after_first = sorted(os.listdir(workdir / 'checkpoints'))
+    second = run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=20'))
+    return workdir, first, checkpoints_after_first, second
+
+
+def test_train_evaluate_stop_and_resume(trained, data_dir):
+    workdir, _, checkpoints_after_first, out = trained
+    assert checkpoints_after_first == ['10']
     for name in ('config.json', 'run_info.json', 'tokenizer.model', 'metrics.jsonl'):
         assert (workdir / name).exists(), name
     assert list((workdir / 'tensorboard').iterdir())
     assert json.loads((workdir / 'run_info.json').read_text())['git']
 
-    # Same command with more steps: resumes at 10 and continues to 20.
-    out = run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=20'))
+    # Same command with more steps: resumed at 10 and continued to 20.
     assert 'Resumed from step 10' in out.stderr + out.stdout
     train_steps = [r['step'] for r in metrics.read_metrics(str(workdir)) if r['split'] == 'train']
     assert train_steps == [5, 10, 15, 20]
@@ -76,3 +84,50 @@ def test_eval_without_a_trained_run_says_what_to_do(tmp_path, data_dir):
     out = run('eval.py', *tiny(data_dir, tmp_path / 'empty'), check=False)
     assert out.returncode != 0
     assert 'train first' in out.stderr.lower() or 'train.py' in out.stderr
+
+
+def test_eval_averages_the_last_checkpoints(trained, data_dir):
+    workdir = trained[0]
+    out = run('eval.py', *tiny(data_dir, workdir, '--average_last=2', '--split=validation'))
+    assert 'average of steps [10, 20]' in out.stdout
+    averaged = json.loads((workdir / 'eval_validation_avg2.json').read_text())
+    latest = json.loads((workdir / 'eval_validation.json').read_text())
+    assert averaged['checkpoint_steps'] == [10, 20] and latest['checkpoint_steps'] == [20]
+    assert 'tokenized_lowercased_bleu' in averaged
+
+
+def translate(workdir, text, *args):
+    cmd = [sys.executable, os.path.join(ROOT, 'translate.py'), f'--workdir={workdir}', *args]
+    return subprocess.run(cmd, cwd=ROOT, input=text, capture_output=True, text=True, timeout=300)
+
+
+def test_translate_gives_one_line_per_input_line(trained):
+    lines = ['twenty-one', '', 'half past seven', 'one ' * 60 + 'dog', 'ünïcödé ✓ never seen']
+    out = translate(trained[0], '\n'.join(lines) + '\n')
+    assert out.returncode == 0, out.stderr
+    outputs = out.stdout.split('\n')[:-1]
+    assert len(outputs) == len(lines)
+    assert outputs[1] == ''
+    assert 'Line 4 has' in out.stderr and 'translating only its first' in out.stderr
+
+
+def test_translate_greedy_from_a_file(trained, tmp_path):
+    (tmp_path / 'in.txt').write_text('twenty-one\nMay 3, 1999\n')
+    out = translate(trained[0], '', '--beam_size=1', f'--input={tmp_path / "in.txt"}',
+                    f'--output={tmp_path / "out.txt"}')
+    assert out.returncode == 0, out.stderr
+    assert len((tmp_path / 'out.txt').read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize('workdir,text,message', [
+    ('missing', 'x\n', 'No such workdir'),
+    ('untrained', 'x\n', 'not a training workdir'),
+    (None, '\n \n', 'input is empty'),
+])
+def test_translate_errors_say_what_to_do(trained, tmp_path, workdir, text, message):
+    if workdir == 'untrained':
+        (tmp_path / workdir).mkdir()
+    path = trained[0] if workdir is None else tmp_path / workdir
+    out = translate(path, text)
+    assert out.returncode != 0
+    assert message in out.stderr

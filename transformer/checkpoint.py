@@ -14,6 +14,23 @@ import jax
 import orbax.checkpoint as ocp
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's parameters do not have the shapes the model expects."""
+
+
+def _name(path) -> str:
+    """A key path as a dotted name, e.g. params.decoder.0.self_attention.query.kernel."""
+    parts = []
+    for key in path:
+        for attr in ('key', 'idx', 'name'):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    if parts and parts[-1] == 'value':  # nnx.Variable's own field adds nothing to read
+        parts.pop()
+    return '.'.join(parts)
+
+
 class Checkpointer:
     """Saves and restores (TrainState, data state) pairs by step."""
 
@@ -22,7 +39,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-            item_names=('state', 'data'))
+            item_handlers={'state': ocp.StandardCheckpointHandler(),
+                           'data': ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -44,10 +62,34 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f'No checkpoint in {self.directory}')
+        self.check_compatible(abstract_state, step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         return restored['state'], restored['data']
+
+    def check_compatible(self, abstract_state, step: int) -> None:
+        """Raises ``CheckpointMismatchError`` naming every parameter whose shape differs.
+
+        Restoring a checkpoint of another model size or vocabulary would otherwise fail deep
+        inside Orbax (or, worse, broadcast); this lists what differs and why it matters.
+        """
+        saved = {_name(path): tuple(meta.shape) for path, meta in
+                 jax.tree_util.tree_leaves_with_path(self.manager.item_metadata(step)['state'])}
+        wanted = {_name(path): tuple(x.shape) for path, x in
+                  jax.tree_util.tree_leaves_with_path(abstract_state)}
+        problems = [f'  {name}: checkpoint {saved.get(name, "missing")}, model {shape}'
+                    for name, shape in sorted(wanted.items()) if saved.get(name) != shape
+                    and name.startswith('params')]
+        problems += [f'  {name}: in the checkpoint, not in the model' for name in sorted(saved)
+                     if name.startswith('params') and name not in wanted]
+        if problems:
+            raise CheckpointMismatchError(
+                f'Checkpoint {self.directory}/{step} does not fit this model '
+                f'({len(problems)} parameters differ; was it written with another '
+                'model.variant or data.vocab_size?):\n' + '\n'.join(problems[:20])
+                + ('\n  ...' if len(problems) > 20 else '')
+                + '\nUse a new --workdir, or the config the checkpoint was trained with.')
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -43,6 +43,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             _check(d[key] <= m.max_len, f'data.{key}', d[key],
                    f'learned positions cover only model.max_len={m.max_len}')
     _check(t.batch_size > 0, 'train.batch_size', t.batch_size, 'expected a positive integer')
+    _check(t.grad_accum_steps >= 1, 'train.grad_accum_steps', t.grad_accum_steps,
+           'expected a positive integer (1 = no accumulation)')
     _check(t.num_steps > 0, 'train.num_steps', t.num_steps, 'expected a positive integer')
     _check(t.learning_rate > 0, 'train.learning_rate', t.learning_rate, 'expected > 0')
     _check(0 <= t.warmup_steps <= t.num_steps, 'train.warmup_steps', t.warmup_steps,

@@ -99,9 +99,20 @@ def fetch(manual_dir: str | None, download_dir: str) -> str:
             'a folder and pass --config.data.manual_dir=FOLDER') from None
 
 
-def read_lines(path: str) -> list[str]:
-    with gzip.open(path, 'rt', encoding='utf-8') as f:
-        return [line.strip() for line in f.read().splitlines()]
+def read_lines(path: str) -> list[str | None]:
+    """Stripped lines of a gzip text file; a line that is not valid UTF-8 becomes None."""
+    with gzip.open(path, 'rb') as f:
+        raw = f.read().split(b'\n')
+    if raw and raw[-1] == b'':
+        raw.pop()
+    lines = []
+    for number, line in enumerate(raw, 1):
+        try:
+            lines.append(line.decode('utf-8').strip())
+        except UnicodeDecodeError as e:
+            log.warning('%s line %d is not valid UTF-8 (%s); skipping that pair.', path, number, e)
+            lines.append(None)
+    return lines
 
 
 class Multi30k(tfds.core.GeneratorBasedBuilder):
@@ -127,8 +138,15 @@ class Multi30k(tfds.core.GeneratorBasedBuilder):
         if len(en) != len(de):
             raise ValueError(f'{stem}.en.gz has {len(en)} lines but {stem}.de.gz has {len(de)}; '
                              'line i of each file must be a translation pair.')
+        skipped = 0
         for i, (e, d) in enumerate(zip(en, de)):
+            if not e or not d:  # empty or undecodable on either side: not a translation pair
+                skipped += 1
+                continue
             yield i, {'en': e, 'de': d}
+        if skipped:
+            log.warning('%s: skipped %d of %d pairs with an empty or non-UTF-8 side.', stem,
+                        skipped, len(en))
 
 
 def sources(data_dir: str | None, *, manual_dir: str = '', reverse: bool = False, **unused):

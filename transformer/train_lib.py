@@ -103,29 +103,48 @@ def _forward(graphdef, params, batch: Batch, dropout_rng):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
-                    label_smoothing: float, dropout_seed: int):
+                    label_smoothing: float, dropout_seed: int, grad_accum_steps: int = 1):
     """Returns the jitted ``train_step(state, batch) -> (state, metric sums)``.
 
-    The dropout key is derived from (seed, step), so it needs no state of its own and a
-    resumed run draws exactly the masks an uninterrupted one would have. ``state`` is
-    donated: its buffers are reused for the new state.
+    With ``grad_accum_steps`` = n > 1 the batch's rows are split into n micro-batches whose
+    gradients are summed in a ``lax.scan`` before one optimizer update: the update equals
+    that of the whole batch at once (the loss is normalised by the batch's total target
+    tokens), using the memory of one micro-batch. The dropout key is derived from (seed,
+    step, micro-batch), so it needs no state of its own and a resumed run draws exactly
+    the masks an uninterrupted one would have. ``state`` is donated: its buffers are reused.
     """
     base_key = jax.random.key(dropout_seed)
 
+    def micro_grads(params, micro_batch, rng):
+        def loss_fn(p):
+            logits = _forward(graphdef, p, micro_batch, rng)
+            sums = batch_metrics(logits, micro_batch['targets'], label_smoothing)
+            return sums['loss'], sums
+        return jax.grad(loss_fn, has_aux=True)(params)
+
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(base_key, state.step)
+        micro = jax.tree.map(
+            lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
+            batch)
 
-        def loss_fn(params):
-            logits = _forward(graphdef, params, batch, rng)
-            sums = batch_metrics(logits, batch['targets'], label_smoothing)
-            return sums['loss'] / jnp.maximum(sums['tokens'], 1.0), sums
+        def accumulate(carry, inputs):
+            index, micro_batch = inputs
+            grads, sums = micro_grads(state.params, micro_batch, jax.random.fold_in(rng, index))
+            return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-        grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+        zeros = jax.tree.map(jnp.zeros_like, (state.params, _empty_sums()))
+        (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+        grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
 
     return jax.jit(train_step, donate_argnums=0)
+
+
+def _empty_sums() -> dict:
+    return {name: jnp.zeros((), jnp.float32) for name in ('loss', 'nll', 'correct', 'tokens')}
 
 
 def make_eval_step(graphdef, *, label_smoothing: float):

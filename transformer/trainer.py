@@ -10,10 +10,13 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
+import threading
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -103,12 +106,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     t = config.train
     write_run_info(run)
     log.info('Model %s: %s parameters; vocabulary %d', config.model.variant,
-                 f'{count_params(run.model):,}', run.tokenizer.vocab_size)
+             f'{count_params(run.model):,}', run.tokenizer.vocab_size)
     dropped = data.count_too_long(run.splits['train'], run.tokenizer, run.lengths)
     log.info('Training pairs longer than %s are skipped: %d of %d', run.lengths, dropped,
-                 len(run.splits['train']))
+             len(run.splits['train']))
     train_iter = iter(data.train_dataset(run.splits['train'], run.tokenizer, run.lengths,
-                                         t.batch_size, seed=config.seed, pack=config.data.pack))
+                                         t.batch_size * t.grad_accum_steps, seed=config.seed,
+                                         pack=config.data.pack))
 
     # 2. Resume from the latest checkpoint, data position included.
     state = run.state
@@ -124,50 +128,116 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # 3. Compile the steps.
     train_step = train_lib.make_train_step(run.graphdef, run.optimizer,
                                            label_smoothing=t.label_smoothing,
-                                           dropout_seed=config.seed + 1)
+                                           dropout_seed=config.seed + 1,
+                                           grad_accum_steps=t.grad_accum_steps)
     eval_step = train_lib.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing)
     schedule = train_lib.learning_rate_schedule(t.learning_rate, t.warmup_steps)
     writer = metrics.MetricWriter(run.workdir)
 
     # 4. The loop: step; every log_every steps log, every eval_every evaluate, every
-    #    checkpoint_every save. Metric sums stay on device between logs (no per-step sync).
+    #    checkpoint_every save. Metric sums stay on device between logs (no per-step sync);
+    #    so does the first step whose loss was not finite, which is checked before any save.
     progress = tqdm(total=t.num_steps, initial=start, desc='train', unit='step',
                     dynamic_ncols=True, mininterval=1.0)
     sums, tokens, tick = None, 0, time.perf_counter()
+    first_nonfinite = jnp.zeros((), jnp.int32)
     val_metrics: dict[str, float] = {}
-    for step in range(start + 1, t.num_steps + 1):
-        batch = next(train_iter)
-        tokens += int(np.count_nonzero(batch['targets']))
-        state, step_sums = train_step(state, batch)
-        sums = step_sums if sums is None else jax.tree.map(lambda a, b: a + b, sums, step_sums)
-        progress.update(1)
+    with StopOnSignal() as stop:
+        for step in range(start + 1, t.num_steps + 1):
+            batch = next(train_iter)
+            tokens += int(np.count_nonzero(batch['targets']))
+            state, step_sums = train_step(state, batch)
+            sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+            first_nonfinite = jnp.where((first_nonfinite == 0) & ~jnp.isfinite(step_sums['loss']),
+                                        step, first_nonfinite)
+            progress.update(1)
+            last = step == t.num_steps
+            save = step % t.checkpoint_every == 0 or last or stop.signal is not None
 
-        if step % t.log_every == 0 or step == t.num_steps:
-            summary = train_lib.summarize(sums)
-            if not np.isfinite(summary['loss']):
-                raise FloatingPointError(
-                    f'Loss became {summary["loss"]} by step {step}; no checkpoint was written '
-                    f'for it. Lower train.learning_rate or enable train.grad_clip_norm.')
-            elapsed = time.perf_counter() - tick
-            summary.update(tokens_per_sec=tokens / elapsed, learning_rate=float(schedule(step - 1)))
-            writer.write(step, 'train', summary)
-            progress.set_postfix(loss=f'{summary["loss"]:.3f}', acc=f'{summary["accuracy"]:.1f}%',
-                                 tok_s=f'{summary["tokens_per_sec"]:,.0f}')
-            sums, tokens, tick = None, 0, time.perf_counter()
+            if step % t.log_every == 0 or last or save:
+                _check_finite(int(first_nonfinite), run.checkpointer)
+            if step % t.log_every == 0 or last:
+                summary = train_lib.summarize(sums)
+                summary.update(tokens_per_sec=tokens / (time.perf_counter() - tick),
+                               learning_rate=float(schedule(step - 1)))
+                writer.write(step, 'train', summary)
+                progress.set_postfix(loss=f'{summary["loss"]:.3f}',
+                                     acc=f'{summary["accuracy"]:.1f}%',
+                                     tok_s=f'{summary["tokens_per_sec"]:,.0f}')
+                sums, tokens, tick = None, 0, time.perf_counter()
 
-        if step % t.eval_every == 0 or step == t.num_steps:
-            batches = _take(data.eval_batches(run.splits['validation'], run.tokenizer,
-                                              run.lengths, config.eval.batch_size), t.eval_batches)
-            val_metrics = evaluate_loss(eval_step, state.params, batches)
-            writer.write(step, 'validation', val_metrics)
-            progress.write(f'step {step}: validation loss {val_metrics["loss"]:.4f}, '
-                           f'accuracy {val_metrics["accuracy"]:.2f}%')
-            tick = time.perf_counter()  # evaluation time is not training throughput
+            if step % t.eval_every == 0 or last:
+                batches = _take(data.eval_batches(run.splits['validation'], run.tokenizer,
+                                                  run.lengths, config.eval.batch_size),
+                                t.eval_batches)
+                val_metrics = evaluate_loss(eval_step, state.params, batches)
+                writer.write(step, 'validation', val_metrics)
+                progress.write(f'step {step}: validation loss {val_metrics["loss"]:.4f}, '
+                               f'accuracy {val_metrics["accuracy"]:.2f}%')
+                tick = time.perf_counter()  # evaluation time is not training throughput
 
-        if step % t.checkpoint_every == 0 or step == t.num_steps:
-            run.checkpointer.save(step, state, train_iter.get_state())
+            if save:
+                run.checkpointer.save(step, state, train_iter.get_state())
+            if stop.signal is not None:
+                progress.close()
+                run.checkpointer.close()
+                writer.close()
+                raise TrainingInterrupted(step, stop.signal, run.checkpointer.directory)
 
     progress.close()
     run.checkpointer.close()
     writer.close()
     return val_metrics
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; no checkpoint holds the bad parameters."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or Ctrl-C stopped training after a checkpoint of the current step."""
+
+    def __init__(self, step: int, signum: int, directory: str):
+        self.step, self.signum = step, signum
+        super().__init__(f'{signal.Signals(signum).name} at step {step}: saved a checkpoint in '
+                         f'{directory}. Run the same command again to resume from it.')
+
+
+def _check_finite(first_bad_step: int, checkpointer: checkpoint.Checkpointer) -> None:
+    if first_bad_step:
+        raise NonFiniteLossError(
+            f'The loss became NaN or infinite at step {first_bad_step}. Training stopped without '
+            f'saving; the latest checkpoint (step {checkpointer.latest_step()}) is intact. Lower '
+            'train.learning_rate, raise train.warmup_steps or set train.grad_clip_norm, then '
+            'run again (it resumes from that checkpoint).')
+
+
+class StopOnSignal:
+    """Turns SIGTERM and the first Ctrl-C into a flag the loop checks after every step.
+
+    The loop then saves a checkpoint of the step it finished and exits: a preempted job
+    loses nothing. A second Ctrl-C stops at once, as usual. Outside the main thread (where
+    Python cannot install handlers) signals keep their default behaviour.
+    """
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning('Received %s: stopping after this step and saving a checkpoint '
+                    '(Ctrl-C again to abort without saving).', signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False

@@ -1,0 +1,130 @@
+"""Real-translation plumbing without the network: Multi30k's offline path, WMT14 on mock
+data, the BLEU wrappers and gradient accumulation."""
+
+import gzip
+import logging
+import urllib.error
+
+import jax
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+from absl import flags
+from ml_collections import config_flags
+
+from conftest import ROOT, make_model, random_tokens
+from transformer import metrics, multi30k, tasks, train_lib, trainer
+
+EN = ['A dog runs.', 'Two men talk.', 'A red car.']
+DE = ['Ein Hund rennt.', 'Zwei Männer reden.', 'Ein rotes Auto.']
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any download attempt fails at once, as it would offline."""
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError('network disabled in tests')
+    monkeypatch.setattr(multi30k.urllib.request, 'urlopen', refuse)
+
+
+def write_raw(folder, en=EN, de=DE):
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in multi30k.SPLITS.values():
+        for lang, lines in (('en', en), ('de', de)):
+            with gzip.open(folder / f'{stem}.{lang}.gz', 'wt', encoding='utf-8') as f:
+                f.write(''.join(line + ' \n' for line in lines))  # trailing space is stripped
+    return folder
+
+
+def test_multi30k_builds_offline_from_a_local_folder(tmp_path, caplog):
+    raw = write_raw(tmp_path / 'raw')
+    with caplog.at_level(logging.WARNING, logger='transformer'):
+        splits = tasks.load_splits('multi30k', str(tmp_path / 'tfds'), manual_dir=str(raw))
+    assert 'sha256 mismatch' in caplog.text  # our files are not the published ones
+    assert set(splits) == {'train', 'validation', 'test2016'}
+    assert sorted(splits['test2016']) == sorted(zip(DE, EN))  # German -> English by default
+    reverse = tasks.load_splits('multi30k', str(tmp_path / 'tfds'), reverse=True)
+    assert sorted(reverse['train']) == sorted(zip(EN, DE))  # prepared once, reused offline
+
+
+def test_multi30k_without_data_or_network_says_both_fixes(tmp_path):
+    with pytest.raises(multi30k.DataNotFoundError) as error:
+        tasks.load_splits('multi30k', str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'nope'))
+    message = str(error.value)
+    assert 'connect to the internet' in message and '--config.data.manual_dir' in message
+    assert 'train.en.gz' in message
+
+
+def test_multi30k_refuses_files_of_different_lengths(tmp_path):
+    raw = write_raw(tmp_path / 'raw', de=DE[:2])
+    with pytest.raises(ValueError, match='3 lines but .* has 2'):
+        tasks.load_splits('multi30k', str(tmp_path / 'tfds'), manual_dir=str(raw))
+
+
+def test_wmt14_reads_the_catalog_builder_english_to_german():
+    with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+        splits = tasks.load_splits('wmt14_translate')
+    assert {k: len(v) for k, v in splits.items()} == {'train': 6, 'validation': 6, 'test': 6}
+    assert all(isinstance(src, str) and isinstance(tgt, str) for src, tgt in splits['train'])
+
+
+def load_config(spec):
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', f'{ROOT}/{spec}', flag_values=flag_values)
+    flag_values(['prog'])
+    return flag_values.config
+
+
+@pytest.mark.parametrize('variant,peak', [('base', (512 * 4000) ** -0.5), ('big', (1024 * 4000) ** -0.5)])
+def test_wmt14_config_has_the_paper_hyperparameters(variant, peak):
+    config = load_config(f'configs/wmt14_ende.py:{variant}')
+    t = config.train
+    assert (t.adam_b1, t.adam_b2, t.adam_eps, t.label_smoothing) == (0.9, 0.98, 1e-9, 0.1)
+    assert t.warmup_steps == 4000 and t.learning_rate == pytest.approx(peak)
+    assert config.model.dropout_rate == (0.1 if variant == 'base' else 0.3)
+    tokens = t.batch_size * t.grad_accum_steps * config.data.max_source_length
+    assert 24_000 <= tokens <= 26_000
+    assert (config.eval.beam_size, config.eval.length_penalty) == (4, 0.6)
+
+
+def test_wmt14_trains_end_to_end_on_mock_data(tmp_path):
+    config = load_config('configs/wmt14_ende.py:base')
+    config.model.variant = 'tiny'
+    config.data.update(vocab_size=60, max_source_length=32, max_target_length=32)
+    config.train.update(batch_size=2, grad_accum_steps=2, num_steps=2, warmup_steps=1,
+                        log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2)
+    config.eval.batch_size = 4
+    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        result = trainer.train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(result['loss'])
+    assert (tmp_path / 'checkpoints' / '2').exists()
+
+
+def test_bleu_wrappers():
+    refs = ['A dog runs in the park.', 'Two men are talking.']
+    assert metrics.bleu(refs, refs)[0] == pytest.approx(100.0)
+    assert 'case:mixed' in metrics.bleu(refs, refs)[1]
+    lowered = [r.lower() for r in refs]
+    assert metrics.bleu(lowered, refs)[0] < 100.0  # sacreBLEU is cased
+    assert metrics.tokenized_bleu(lowered, refs, 'en') == pytest.approx(100.0)
+    assert metrics.tokenized_bleu(['A dog runs in the park .'], refs[:1], 'en') == pytest.approx(100.0)
+    assert metrics.tokenized_bleu(['a cat'], refs[:1], 'en') < 10.0
+    assert metrics.exact_match(['x', 'y '], ['x', 'z']) == 50.0
+
+
+def test_gradient_accumulation_equals_one_large_batch(rng):
+    tgt = random_tokens(rng, 8, 6, min_len=2)
+    batch = {'inputs': random_tokens(rng, 8, 7, min_len=2), 'targets': tgt,
+             'decoder_inputs': np.concatenate([np.full((8, 1), 2, np.int32), tgt[:, :-1]], 1)}
+    results = []
+    for accum in (1, 4):
+        model = make_model()
+        optimizer = optax.sgd(0.1)  # linear in the gradient, unlike Adam's first step
+        graphdef, state = train_lib.init_state(model, optimizer)
+        step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=0.1,
+                                         dropout_seed=0, grad_accum_steps=accum)
+        state, sums = step(state, batch)
+        results.append((state.params, sums))
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
