@@ -13,8 +13,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from transformer import checkpoint, inference, metrics, tasks
 from transformer.multi30k import SPLITS
 

@@ -34,11 +34,16 @@ def _name(path) -> str:
 class Checkpointer:
     """Saves and restores (TrainState, data state) pairs by step."""
 
-    def __init__(self, directory: str, max_to_keep: int | None = 3):
+    def __init__(self, directory: str, max_to_keep: int | None = 3, *, writer: bool = False):
+        """``writer``: the training process, which alone removes half-written checkpoints
+        (a reader such as eval.py must not touch a write in progress)."""
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            # A write killed half-way leaves a temporary directory; it is never taken for a
+            # checkpoint, and the next training start removes it.
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 cleanup_tmp_directories=writer),
             item_handlers={'state': ocp.StandardCheckpointHandler(),
                            'data': ocp.JsonCheckpointHandler()})
 

@@ -55,20 +55,18 @@ def git_hash() -> str:
         return 'unknown'
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str, *, train_tokenizer: bool = True) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Validates the config, loads the data and tokenizer, builds model and optimizer."""
     config_lib.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     d, t = config.data, config.train
     splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
-                                  **d.builder_kwargs)
-    if train_tokenizer:
-        tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size)
-    else:
-        tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
+                               **d.builder_kwargs)
+    tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size)
     lengths = data.Lengths(d.max_source_length, d.max_target_length)
     model, optimizer, graphdef, state = inference.build_state(config, tokenizer.vocab_size)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints,
+                                   writer=True)
     return Run(config, workdir, splits, tokenizer, lengths, model, optimizer, graphdef, state, ckpt)
 
 
