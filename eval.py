@@ -32,7 +32,7 @@ def main(argv):
         translator = inference.Translator(config, FLAGS.workdir)
         d = config.data
         splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
-                               **d.builder_kwargs)
+                                   **d.builder_kwargs)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f'Error: {e}') from None
     if split not in splits:
