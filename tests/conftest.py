@@ -2,11 +2,19 @@
 
 import os
 import sys
+import tempfile
 
-import jax
-import numpy as np
-import pytest
-from flax import nnx
+# Compiled programs are cached on disk for the whole session, so the many train.py
+# subprocesses of the end-to-end and fault tests compile the tiny model once.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'transformer-tests-jax-cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -17,10 +25,10 @@ from transformer.model import EncoderDecoder, ModelConfig  # noqa: E402
 VOCAB = 40
 
 
-def make_model(seed: int = 0, **overrides) -> EncoderDecoder:
+def make_model(seed: int = 0, vocab_size: int = VOCAB, **overrides) -> EncoderDecoder:
     """A tiny model; ``overrides`` set ModelConfig fields (dropout off unless given)."""
     overrides.setdefault('dropout_rate', 0.0)
-    cfg = ModelConfig.make('tiny', VOCAB, **overrides)
+    cfg = ModelConfig.make('tiny', vocab_size, **overrides)
     return EncoderDecoder(cfg, rngs=nnx.Rngs(seed))
 
 

@@ -105,14 +105,15 @@ def strip(row):
 
 
 def test_beam_search_finds_the_best_sequence_where_greedy_fails():
-    # Greedy takes A (0.6), after which EOS is unlikely; B (0.4) leads to a near-certain EOS.
-    step_fn, log_table = table_step_fn({BOS: {A: 0.6, B: 0.4}, A: {EOS: 0.3, C: 0.7},
-                                        B: {EOS: 0.99}, C: {C: 0.5, A: 0.5}})
-    greedy, _ = run_beam(step_fn, 1, 0.0, 2)
-    beam, score = run_beam(step_fn, 4, 0.0, 2)
-    assert strip(greedy[0]) == (A, EOS)  # forced EOS at the length limit
+    # Greedy takes A (0.6) and then EOS (0.4): p = 0.24. B (0.4) leads to a near-certain
+    # EOS: p = 0.396, the best sequence overall.
+    step_fn, log_table = table_step_fn({BOS: {A: 0.6, B: 0.4}, A: {EOS: 0.4, A: 0.3, C: 0.3},
+                                        B: {EOS: 0.99}, C: {EOS: 1.0}})
+    greedy, _ = run_beam(step_fn, 1, 0.0, 4)
+    beam, score = run_beam(step_fn, 4, 0.0, 4)
+    assert strip(greedy[0]) == (A, EOS)
     assert strip(beam[0]) == (B, EOS)
-    best, best_score = brute_force_best(log_table, 0.0, 2)
+    best, best_score = brute_force_best(log_table, 0.0, 4)
     assert strip(beam[0]) == best and score[0] == pytest.approx(best_score, rel=1e-5)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from transformer import checkpoint, inference, metrics, tasks
+from transformer import checkpoint, data, inference, metrics, tasks
 from transformer.multi30k import SPLITS
 
 
@@ -57,7 +57,8 @@ def steps_in(workdir):
 
 def final_params(workdir):
     config = inference.load_config(str(workdir))
-    _, _, _, state = inference.build_state(config, config.data.vocab_size)
+    vocab = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE)).vocab_size
+    _, _, _, state = inference.build_state(config, vocab)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
     return ckpt.restore(state)[0].params
 
@@ -121,7 +122,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     out = run(data_dir, workdir, '--config.train.learning_rate=1e30',
               '--config.train.warmup_steps=0', '--config.train.checkpoint_every=1')
     assert out.returncode == 1
-    assert 'NaN or infinite at step 2' in out.stderr
+    assert 'NaN or infinite at step 2' in out.stderr, out.stderr
     assert steps_in(workdir) == [1]
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(final_params(workdir)))
 

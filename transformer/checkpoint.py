@@ -14,6 +14,14 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _restore_args(abstract_tree, partial: bool = False) -> ocp.args.PyTreeRestore:
+    """Orbax arguments that restore arrays with the shapes, dtypes and shardings of the tree."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_tree)
+    return ocp.args.PyTreeRestore(
+        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        partial_restore=partial)
+
+
 class CheckpointMismatchError(ValueError):
     """The checkpoint's parameters do not have the shapes the model expects."""
 
@@ -44,7 +52,7 @@ class Checkpointer:
             # checkpoint, and the next training start removes it.
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                  cleanup_tmp_directories=writer),
-            item_handlers={'state': ocp.StandardCheckpointHandler(),
+            item_handlers={'state': ocp.PyTreeCheckpointHandler(),
                            'data': ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
@@ -56,7 +64,7 @@ class Checkpointer:
     def save(self, step: int, state, data_state: dict | None = None) -> None:
         """Writes checkpoint ``step`` (waits for the previous asynchronous write first)."""
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state or {})),
+            state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state or {})),
             force=True)
 
     def restore(self, abstract_state, step: int | None = None):
@@ -68,10 +76,23 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f'No checkpoint in {self.directory}')
         self.check_compatible(abstract_state, step)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+            state=_restore_args(abstract_state), data=ocp.args.JsonRestore()))
         return restored['state'], restored['data']
+
+    def restore_params(self, abstract_params, step: int | None = None):
+        """Restores only the parameters of checkpoint ``step`` (for inference).
+
+        The optimizer state is neither read nor required to match, so a run can be
+        evaluated with a config whose optimizer settings differ.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f'No checkpoint in {self.directory}')
+        self.check_compatible({'params': abstract_params}, step)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=_restore_args({'params': abstract_params}, partial=True)))
+        return restored['state']['params']
 
     def check_compatible(self, abstract_state, step: int) -> None:
         """Raises ``CheckpointMismatchError`` naming every parameter whose shape differs.
@@ -84,10 +105,12 @@ class Checkpointer:
         wanted = {_name(path): tuple(x.shape) for path, x in
                   jax.tree_util.tree_leaves_with_path(abstract_state)}
         problems = [f'  {name}: checkpoint {saved.get(name, "missing")}, model {shape}'
-                    for name, shape in sorted(wanted.items()) if saved.get(name) != shape
-                    and name.startswith('params')]
+                    for name, shape in sorted(wanted.items()) if saved.get(name) != shape]
         problems += [f'  {name}: in the checkpoint, not in the model' for name in sorted(saved)
                      if name.startswith('params') and name not in wanted]
+        if any(line.lstrip().startswith('opt_state') for line in problems):
+            problems.append('  (the optimizer state differs: was train.grad_clip_norm or the '
+                            'optimizer changed?)')
         if problems:
             raise CheckpointMismatchError(
                 f'Checkpoint {self.directory}/{step} does not fit this model '

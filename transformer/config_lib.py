@@ -42,6 +42,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if m.positional == 'learned':
             _check(d[key] <= m.max_len, f'data.{key}', d[key],
                    f'learned positions cover only model.max_len={m.max_len}')
+    if m.positional == 'learned':
+        _check(e.max_decode_len <= m.max_len, 'eval.max_decode_len', e.max_decode_len,
+               f'learned positions cover only model.max_len={m.max_len}')
     _check(t.batch_size > 0, 'train.batch_size', t.batch_size, 'expected a positive integer')
     _check(t.grad_accum_steps >= 1, 'train.grad_accum_steps', t.grad_accum_steps,
            'expected a positive integer (1 = no accumulation)')
@@ -53,7 +56,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'expected 0 <= smoothing < 1')
     _check(t.grad_clip_norm >= 0, 'train.grad_clip_norm', t.grad_clip_norm,
            'expected >= 0 (0 disables clipping)')
-    for key in ('log_every', 'eval_every', 'checkpoint_every'):
+    for key in ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every'):
         _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
     _check(e.beam_size >= 1, 'eval.beam_size', e.beam_size, 'expected >= 1 (1 = greedy)')
     _check(e.length_penalty >= 0, 'eval.length_penalty', e.length_penalty, 'expected >= 0')

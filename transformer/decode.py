@@ -127,21 +127,24 @@ def beam_search(step_fn, step_state, *, batch: int, beam_size: int, alpha: float
             at_limit = (i + 1 >= limits)[:, None, None]
             log_probs = jnp.where(at_limit & (jnp.arange(vocab) != eos_id), neg_inf, log_probs)
         candidates = (c['alive_logp'][:, :, None] + log_probs).reshape(batch, k * vocab)
-        # 2k candidates guarantee k that do not end in EOS.
-        top_logp, top_index = jax.lax.top_k(candidates, 2 * k)
+        # The k best continuations; those ending in EOS leave the beam (which shrinks
+        # until the next step refills it), so beam size 1 is exactly greedy decoding.
+        top_logp, top_index = jax.lax.top_k(candidates, k)
         beam_of, token_of = top_index // vocab, (top_index % vocab).astype(jnp.int32)
         seqs = _select(c['alive_seqs'], beam_of)
         seqs = seqs.at[:, :, i].set(token_of)
         ends = token_of == eos_id
 
         # Finished: merge the old finished set with the candidates that just ended.
-        new_scores = jnp.where(ends, top_logp / length_penalty(i + 1, alpha), neg_inf)
+        new_scores = jnp.where(ends & (top_logp > neg_inf / 2),
+                               top_logp / length_penalty(i + 1, alpha), neg_inf)
         all_scores = jnp.concatenate([c['finished_scores'], new_scores], axis=1)
         all_seqs = jnp.concatenate([c['finished_seqs'], seqs], axis=1)
         finished_scores, keep = jax.lax.top_k(all_scores, k)
         finished_seqs = _select(all_seqs, keep)
 
-        # Alive: the best k candidates that did not end.
+        # Alive: the candidates that did not end, best first; ended slots become dead
+        # (log-probability -1e9), which no real continuation loses to.
         alive_logp, keep = jax.lax.top_k(jnp.where(ends, neg_inf, top_logp), k)
         alive_seqs = _select(seqs, keep)
         parent = jnp.take_along_axis(beam_of, keep, axis=1)

@@ -45,19 +45,21 @@ def build_state(config: ml_collections.ConfigDict, vocab_size: int):
     return model, optimizer, graphdef, state
 
 
-def restore_params(checkpointer: checkpoint.Checkpointer, abstract_state, average_last: int = 1):
+def restore_params(checkpointer: checkpoint.Checkpointer, abstract_params, average_last: int = 1):
     """Parameters of the latest checkpoint, or the mean of the last ``average_last``.
 
     Averaging the last checkpoints (the paper averages 5, section 6.1) smooths out the
     noise of the final updates. Returns (params, the steps used).
     """
+    if average_last < 1:
+        raise ValueError(f'average_last={average_last}; expected >= 1')
     steps = checkpointer.all_steps()
     if not steps:
         raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}: train first.')
     steps = steps[-average_last:]
     total = None
     for step in steps:
-        params = checkpointer.restore(abstract_state, step)[0].params
+        params = checkpointer.restore_params(abstract_params, step)
         total = params if total is None else jax.tree.map(lambda a, b: a + b, total, params)
     return jax.tree.map(lambda x: x / len(steps), total), steps
 
@@ -91,7 +93,7 @@ class Translator:
         self.tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
         _, _, graphdef, state = build_state(config, self.tokenizer.vocab_size)
         ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
-        self.params, self.steps = restore_params(ckpt, state, average_last)
+        self.params, self.steps = restore_params(ckpt, state.params, average_last)
         e = config.eval
         self.beam_size = e.beam_size if beam_size is None else beam_size
         self.alpha = e.length_penalty if alpha is None else alpha

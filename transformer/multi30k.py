@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -90,7 +91,7 @@ def fetch(manual_dir: str | None, download_dir: str) -> str:
     try:
         _download(download_dir)
         return download_dir
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as e:
         raise DataNotFoundError(
             f'Multi30k is not available: {local_problem}, and downloading from {SOURCE_URL} '
             f'failed ({e}). Fix either way:\n'

@@ -45,11 +45,13 @@ def learning_rate_schedule(peak: float, warmup_steps: int):
 def make_optimizer(learning_rate: float, warmup_steps: int, *, b1: float = 0.9,
                    b2: float = 0.98, eps: float = 1e-9,
                    grad_clip_norm: float | None = None) -> optax.GradientTransformation:
-    """Adam with the paper's betas and epsilon, optionally after global-norm clipping."""
+    """Adam with the paper's betas and epsilon, after optional global-norm clipping.
+
+    The clipping stage is always present (an infinite norm when disabled), so the optimizer
+    state has one structure and a run can be resumed with clipping switched on or off.
+    """
     adam = optax.adam(learning_rate_schedule(learning_rate, warmup_steps), b1=b1, b2=b2, eps=eps)
-    if grad_clip_norm:
-        return optax.chain(optax.clip_by_global_norm(grad_clip_norm), adam)
-    return adam
+    return optax.chain(optax.clip_by_global_norm(grad_clip_norm or float('inf')), adam)
 
 
 def smoothed_cross_entropy(logits: jax.Array, targets: jax.Array,
@@ -136,6 +138,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
         zeros = jax.tree.map(jnp.zeros_like, (state.params, _empty_sums()))
         (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
+        # Counts updates whose loss or gradient was NaN/inf; the loop stops before saving.
+        sums['nonfinite'] = (~jnp.isfinite(sums['loss'] + optax.global_norm(grads))).astype(jnp.float32)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums

@@ -85,7 +85,9 @@ def evaluate_loss(eval_step, params, batches) -> dict[str, float]:
     sums = None
     for batch in batches:
         out = eval_step(params, batch)
-        sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    if sums is None:
+        raise ValueError('The validation split is empty: nothing to evaluate.')
     return train_lib.summarize(sums)
 
 
@@ -102,12 +104,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # 1. Set up: config check, data, tokenizer, model, optimizer, workdir record.
     run = setup(config, workdir)
     t = config.train
-    write_run_info(run)
     log.info('Model %s: %s parameters; vocabulary %d', config.model.variant,
              f'{count_params(run.model):,}', run.tokenizer.vocab_size)
     dropped = data.count_too_long(run.splits['train'], run.tokenizer, run.lengths)
     log.info('Training pairs longer than %s are skipped: %d of %d', run.lengths, dropped,
              len(run.splits['train']))
+    if dropped == len(run.splits['train']):
+        raise config_lib.ConfigError(
+            f'Every training pair is longer than {run.lengths} tokens; raise '
+            'config.data.max_source_length / max_target_length.')
     train_iter = iter(data.train_dataset(run.splits['train'], run.tokenizer, run.lengths,
                                          t.batch_size * t.grad_accum_steps, seed=config.seed,
                                          pack=config.data.pack))
@@ -118,6 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, data_state = run.checkpointer.restore(state)
         train_iter.set_state(data_state)
         log.info('Resumed from step %d in %s', int(state.step), run.checkpointer.directory)
+    write_run_info(run)  # only now: a refused resume leaves the run's record as it was
     start = int(state.step)
     if start >= t.num_steps:
         log.info('Already trained to step %d (train.num_steps=%d): nothing to do. Raise '
@@ -146,11 +152,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             tokens += int(np.count_nonzero(batch['targets']))
             state, step_sums = train_step(state, batch)
             sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
-            first_nonfinite = jnp.where((first_nonfinite == 0) & ~jnp.isfinite(step_sums['loss']),
+            first_nonfinite = jnp.where((first_nonfinite == 0) & (step_sums['nonfinite'] > 0),
                                         step, first_nonfinite)
             progress.update(1)
             last = step == t.num_steps
-            save = step % t.checkpoint_every == 0 or last or stop.signal is not None
+            stopping = stop.signal is not None  # read once: a signal may land mid-iteration
+            save = step % t.checkpoint_every == 0 or last or stopping
 
             if step % t.log_every == 0 or last or save:
                 _check_finite(int(first_nonfinite), run.checkpointer)
@@ -176,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
             if save:
                 run.checkpointer.save(step, state, train_iter.get_state())
-            if stop.signal is not None:
+            if stopping:
                 progress.close()
                 run.checkpointer.close()
                 writer.close()
@@ -189,7 +196,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; no checkpoint holds the bad parameters."""
+    """The loss or gradient became NaN or infinite; no checkpoint holds the bad state."""
 
 
 class TrainingInterrupted(Exception):
@@ -204,10 +211,10 @@ class TrainingInterrupted(Exception):
 def _check_finite(first_bad_step: int, checkpointer: checkpoint.Checkpointer) -> None:
     if first_bad_step:
         raise NonFiniteLossError(
-            f'The loss became NaN or infinite at step {first_bad_step}. Training stopped without '
-            f'saving; the latest checkpoint (step {checkpointer.latest_step()}) is intact. Lower '
-            'train.learning_rate, raise train.warmup_steps or set train.grad_clip_norm, then '
-            'run again (it resumes from that checkpoint).')
+            f'The loss or gradient became NaN or infinite at step {first_bad_step}. Training '
+            f'stopped without saving; the latest checkpoint (step {checkpointer.latest_step()}) '
+            'is intact. Lower train.learning_rate, raise train.warmup_steps or set '
+            'train.grad_clip_norm, then run again (it resumes from that checkpoint).')
 
 
 class StopOnSignal:
