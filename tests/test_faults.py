@@ -129,11 +129,12 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 def test_checkpoint_of_another_model_size_names_the_mismatch(tmp_path, data_dir):
     workdir = tmp_path / 'run'
-    assert run(data_dir, workdir, '--config.train.num_steps=2').returncode == 0
-    out = run(data_dir, workdir, '--config.train.num_steps=4', '--config.model.variant=mini')
+    assert run(data_dir, workdir, '--config.train.num_steps=6').returncode == 0
+    out = run(data_dir, workdir, '--config.train.num_steps=8', '--config.model.variant=mini')
     assert out.returncode == 1
     assert 'does not fit this model' in out.stderr
-    assert 'params.encoder.0.feed_forward.wi.kernel: checkpoint (32, 64), model (128, 512)' in out.stderr
+    expected = 'params.decoder.0.cross_attention.key.kernel: checkpoint (32, 4, 8), model (128, 4, 32)'
+    assert expected in out.stderr
 
 
 def test_bad_lines_in_raw_data_are_reported_and_skipped(tmp_path, caplog, monkeypatch):

@@ -60,14 +60,14 @@ def test_packed_batch_gives_each_example_the_loss_it_has_alone():
     from transformer import data, numbers_de
     pairs = numbers_de.make_splits(1, {'train': 300})['train']
     tokenizer = data.train_tokenizer((t for p in pairs for t in p), 100)
-    packed = next(iter(data.train_dataset(pairs, tokenizer, data.Lengths(36, 24), 2, seed=0)))
+    packed = next(iter(data.train_dataset(pairs, tokenizer, data.Lengths(36, 24), 4, seed=0)))
     model = make_model(vocab_size=tokenizer.vocab_size)
     logits = model(packed['inputs'], packed['decoder_inputs'], packed['inputs_segment_ids'],
                    packed['targets_segment_ids'], packed['inputs_positions'],
                    packed['targets_positions'])
     loss, _ = train_lib.smoothed_cross_entropy(logits, jnp.asarray(packed['targets']), 0.1)
     checked = 0
-    for row in range(2):
+    for row in range(4):
         for segment in set(packed['targets_segment_ids'][row]) - {0}:
             src = packed['inputs'][row][packed['inputs_segment_ids'][row] == segment][None]
             in_tgt = packed['targets_segment_ids'][row] == segment
@@ -77,4 +77,4 @@ def test_packed_batch_gives_each_example_the_loss_it_has_alone():
             np.testing.assert_allclose(float(loss[row][in_tgt].sum()), float(alone_loss.sum()),
                                        rtol=1e-5)
             checked += 1
-    assert checked >= 4  # several examples per row were packed
+    assert checked > 4  # more examples than rows: rows hold several

@@ -104,13 +104,16 @@ class Checkpointer:
                  jax.tree_util.tree_leaves_with_path(self.manager.item_metadata(step)['state'])}
         wanted = {_name(path): tuple(x.shape) for path, x in
                   jax.tree_util.tree_leaves_with_path(abstract_state)}
-        problems = [f'  {name}: checkpoint {saved.get(name, "missing")}, model {shape}'
-                    for name, shape in sorted(wanted.items()) if saved.get(name) != shape]
-        problems += [f'  {name}: in the checkpoint, not in the model' for name in sorted(saved)
-                     if name.startswith('params') and name not in wanted]
-        if any(line.lstrip().startswith('opt_state') for line in problems):
-            problems.append('  (the optimizer state differs: was train.grad_clip_norm or the '
-                            'optimizer changed?)')
+        differ = [name for name, shape in sorted(wanted.items()) if saved.get(name) != shape]
+        extra = [name for name in sorted(saved) if name.startswith('params') and name not in wanted]
+        # The optimizer's moments mirror the parameters: name them only when the parameters
+        # agree (then the optimizer itself changed).
+        params_differ = [name for name in differ if name.startswith('params')]
+        problems = [f'  {name}: checkpoint {saved.get(name, "missing")}, model {wanted[name]}'
+                    for name in (params_differ or differ)]
+        problems += [f'  {name}: in the checkpoint, not in the model' for name in extra]
+        if differ and not params_differ and not extra:
+            problems.append('  (only the optimizer state differs: was the optimizer changed?)')
         if problems:
             raise CheckpointMismatchError(
                 f'Checkpoint {self.directory}/{step} does not fit this model '

@@ -26,6 +26,9 @@ def configure_logging() -> None:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote into its workdir (``config.json``)."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f'No such workdir: {workdir}; train first: '
+                                f'python train.py --config CONFIG --workdir {workdir}')
     path = os.path.join(workdir, 'config.json')
     if not os.path.exists(path):
         raise FileNotFoundError(f'{workdir} is not a training workdir (no config.json); train '

@@ -139,7 +139,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
         (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
         # Counts updates whose loss or gradient was NaN/inf; the loop stops before saving.
-        sums['nonfinite'] = (~jnp.isfinite(sums['loss'] + optax.global_norm(grads))).astype(jnp.float32)
+        sums['nonfinite'] = (~jnp.isfinite(sums['loss'] + optax.tree.norm(grads))).astype(jnp.float32)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums

@@ -146,52 +146,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sums, tokens, tick = None, 0, time.perf_counter()
     first_nonfinite = jnp.zeros((), jnp.int32)
     val_metrics: dict[str, float] = {}
-    with StopOnSignal() as stop:
-        for step in range(start + 1, t.num_steps + 1):
-            batch = next(train_iter)
-            tokens += int(np.count_nonzero(batch['targets']))
-            state, step_sums = train_step(state, batch)
-            sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
-            first_nonfinite = jnp.where((first_nonfinite == 0) & (step_sums['nonfinite'] > 0),
-                                        step, first_nonfinite)
-            progress.update(1)
-            last = step == t.num_steps
-            stopping = stop.signal is not None  # read once: a signal may land mid-iteration
-            save = step % t.checkpoint_every == 0 or last or stopping
+    try:
+        with StopOnSignal() as stop:
+            for step in range(start + 1, t.num_steps + 1):
+                batch = next(train_iter)
+                tokens += int(np.count_nonzero(batch['targets']))
+                state, step_sums = train_step(state, batch)
+                sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+                first_nonfinite = jnp.where((first_nonfinite == 0) & (step_sums['nonfinite'] > 0),
+                                            step, first_nonfinite)
+                progress.update(1)
+                last = step == t.num_steps
+                stopping = stop.signal is not None  # read once: a signal may land mid-iteration
+                save = step % t.checkpoint_every == 0 or last or stopping
 
-            if step % t.log_every == 0 or last or save:
-                _check_finite(int(first_nonfinite), run.checkpointer)
-            if step % t.log_every == 0 or last:
-                summary = train_lib.summarize(sums)
-                summary.update(tokens_per_sec=tokens / (time.perf_counter() - tick),
-                               learning_rate=float(schedule(step - 1)))
-                writer.write(step, 'train', summary)
-                progress.set_postfix(loss=f'{summary["loss"]:.3f}',
-                                     acc=f'{summary["accuracy"]:.1f}%',
-                                     tok_s=f'{summary["tokens_per_sec"]:,.0f}')
-                sums, tokens, tick = None, 0, time.perf_counter()
+                if step % t.log_every == 0 or last or save:
+                    _check_finite(int(first_nonfinite), run.checkpointer)
+                if step % t.log_every == 0 or last:
+                    summary = train_lib.summarize(sums)
+                    summary.update(tokens_per_sec=tokens / (time.perf_counter() - tick),
+                                   learning_rate=float(schedule(step - 1)))
+                    writer.write(step, 'train', summary)
+                    progress.set_postfix(loss=f'{summary["loss"]:.3f}',
+                                         acc=f'{summary["accuracy"]:.1f}%',
+                                         tok_s=f'{summary["tokens_per_sec"]:,.0f}')
+                    sums, tokens, tick = None, 0, time.perf_counter()
 
-            if step % t.eval_every == 0 or last:
-                batches = _take(data.eval_batches(run.splits['validation'], run.tokenizer,
-                                                  run.lengths, config.eval.batch_size),
-                                t.eval_batches)
-                val_metrics = evaluate_loss(eval_step, state.params, batches)
-                writer.write(step, 'validation', val_metrics)
-                progress.write(f'step {step}: validation loss {val_metrics["loss"]:.4f}, '
-                               f'accuracy {val_metrics["accuracy"]:.2f}%')
-                tick = time.perf_counter()  # evaluation time is not training throughput
+                if step % t.eval_every == 0 or last:
+                    batches = _take(data.eval_batches(run.splits['validation'], run.tokenizer,
+                                                      run.lengths, config.eval.batch_size),
+                                    t.eval_batches)
+                    val_metrics = evaluate_loss(eval_step, state.params, batches)
+                    writer.write(step, 'validation', val_metrics)
+                    progress.write(f'step {step}: validation loss {val_metrics["loss"]:.4f}, '
+                                   f'accuracy {val_metrics["accuracy"]:.2f}%')
+                    tick = time.perf_counter()  # evaluation time is not training throughput
 
-            if save:
-                run.checkpointer.save(step, state, train_iter.get_state())
-            if stopping:
-                progress.close()
-                run.checkpointer.close()
-                writer.close()
-                raise TrainingInterrupted(step, stop.signal, run.checkpointer.directory)
-
-    progress.close()
-    run.checkpointer.close()
-    writer.close()
+                if save:
+                    run.checkpointer.save(step, state, train_iter.get_state())
+                if stopping:
+                    raise TrainingInterrupted(step, stop.signal, run.checkpointer.directory)
+    finally:  # also on errors: pending checkpoint writes complete, files are closed
+        progress.close()
+        run.checkpointer.close()
+        writer.close()
     return val_metrics
 
 
