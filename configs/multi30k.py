@@ -5,7 +5,10 @@
     python eval.py --config configs/multi30k.py --workdir runs/m30k_de_en --average_last=5 \\
         --config.data.manual_dir=PATH/TO/multi30k
 
-Hardware: 2-core CPU (AMD EPYC, no accelerator). Wall time and scores: RESULT_PENDING.
+Hardware: 2-core CPU (AMD EPYC without AVX-512, no accelerator). German -> English: training
+40 min 14 s (1,700 steps, 7.6M parameters), evaluation 2 min 16 s. test2016, beam 4, alpha
+0.6, average of the last 5 checkpoints: tokenized lowercased BLEU 39.20, sacreBLEU 38.99
+(last checkpoint alone: 39.00 / 38.75). English -> German: not yet measured.
 
 Without ``config.data.manual_dir`` the six raw files are downloaded from the dataset's GitHub
 repository (sha256-checked); with it, they are read from that folder (no network).
