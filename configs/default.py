@@ -50,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.num_steps = 2000
     config.train.learning_rate = 2e-3     # peak of the warmup / inverse-sqrt schedule
     config.train.warmup_steps = 400
+    config.train.schedule = 'rsqrt'       # after warmup: 'rsqrt' (the paper) or 'linear' to 0
     config.train.label_smoothing = 0.1
     config.train.adam_b1 = 0.9
     config.train.adam_b2 = 0.98

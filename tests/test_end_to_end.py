@@ -71,6 +71,7 @@ def test_unknown_config_key_is_named(tmp_path, data_dir):
     ('--config.model.variant=huge', "config.model.variant='huge'"),
     ('--config.train.warmup_steps=500', 'config.train.warmup_steps=500'),
     ('--config.data.dataset=wmt99', "config.data.dataset='wmt99'"),
+    ('--config.train.schedule=cosine', "config.train.schedule='cosine'"),
     ('--config.train.batch_size=eight', 'batch_size'),
 ])
 def test_bad_config_value_is_named_before_any_work(tmp_path, data_dir, override, named):

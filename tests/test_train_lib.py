@@ -30,6 +30,16 @@ def test_schedule_equals_the_paper_formula_with_its_implied_peak():
         assert float(schedule(step - 1)) == pytest.approx(paper, rel=1e-5)
 
 
+def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():
+    schedule = train_lib.learning_rate_schedule(1e-3, 100, 'linear', total_steps=1100)
+    values = {step: float(schedule(step - 1)) for step in (1, 50, 100, 600, 1100, 1200)}
+    assert values[1] == pytest.approx(1e-5) and values[50] == pytest.approx(5e-4)
+    assert values[100] == pytest.approx(1e-3) and values[600] == pytest.approx(5e-4)
+    assert values[1100] == 0.0 and values[1200] == 0.0
+    with pytest.raises(ValueError, match='cosine'):
+        train_lib.learning_rate_schedule(1e-3, 100, 'cosine')
+
+
 def test_padding_carries_no_weight(rng):
     logits = jnp.asarray(rng.normal(size=(1, 4, VOCAB)), jnp.float32)
     targets = jnp.asarray([[5, 6, 0, 0]])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from transformer import model as model_lib
-from transformer import tasks
+from transformer import tasks, train_lib
 
 
 class ConfigError(ValueError):
@@ -52,6 +52,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(t.learning_rate > 0, 'train.learning_rate', t.learning_rate, 'expected > 0')
     _check(0 <= t.warmup_steps <= t.num_steps, 'train.warmup_steps', t.warmup_steps,
            f'expected 0 <= warmup_steps <= train.num_steps={t.num_steps}')
+    _check(t.schedule in train_lib.SCHEDULES, 'train.schedule', t.schedule,
+           f'valid: {train_lib.SCHEDULES}')
+    if t.schedule == 'linear':
+        _check(t.warmup_steps < t.num_steps, 'train.warmup_steps', t.warmup_steps,
+               f'linear decay needs warmup_steps < train.num_steps={t.num_steps}')
     _check(0.0 <= t.label_smoothing < 1.0, 'train.label_smoothing', t.label_smoothing,
            'expected 0 <= smoothing < 1')
     _check(t.grad_clip_norm >= 0, 'train.grad_clip_norm', t.grad_clip_norm,

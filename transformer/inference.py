@@ -42,8 +42,8 @@ def build_state(config: ml_collections.ConfigDict, vocab_size: int):
     t = config.train
     model = EncoderDecoder(config_lib.model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
     optimizer = train_lib.make_optimizer(
-        t.learning_rate, t.warmup_steps, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps,
-        grad_clip_norm=t.grad_clip_norm or None)
+        t.learning_rate, t.warmup_steps, decay=t.get('schedule', 'rsqrt'), total_steps=t.num_steps,
+        b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, grad_clip_norm=t.grad_clip_norm or None)
     graphdef, state = train_lib.init_state(model, optimizer)
     return model, optimizer, graphdef, state
 

@@ -28,29 +28,46 @@ class TrainState:
     opt_state: Any         # optax state
 
 
-def learning_rate_schedule(peak: float, warmup_steps: int):
-    """The paper's schedule (section 5.3) with its peak made explicit.
+SCHEDULES = ('rsqrt', 'linear')
 
-    lr(step) = peak * min(step / warmup, sqrt(warmup / step)): linear warmup, then decay
-    with the inverse square root of the step. The paper's d_model^-0.5 * min(step^-0.5,
-    step * warmup^-1.5) is this with peak = (d_model * warmup)^-0.5.
+
+def learning_rate_schedule(peak: float, warmup_steps: int, decay: str = 'rsqrt',
+                           total_steps: int = 0):
+    """Linear warmup to ``peak``, then ``decay``.
+
+    'rsqrt' is the paper's schedule (section 5.3) with its peak made explicit: lr(step) =
+    peak * min(step / warmup, sqrt(warmup / step)). The paper's d_model^-0.5 *
+    min(step^-0.5, step * warmup^-1.5) is this with peak = (d_model * warmup)^-0.5.
+    'linear' decays linearly from the peak to zero at ``total_steps``: for a run whose
+    length is fixed in advance, ending at a small learning rate does what averaging the
+    last checkpoints does, and more.
     """
+    if decay not in SCHEDULES:
+        raise ValueError(f'Unknown learning-rate decay {decay!r}; valid: {SCHEDULES}')
+    if decay == 'linear' and total_steps <= warmup_steps:
+        raise ValueError(f'linear decay needs total_steps={total_steps} > warmup_steps={warmup_steps}')
+
     def schedule(count):
         step = jnp.maximum(count + 1, 1).astype(jnp.float32)  # optax counts from 0
         warmup = jnp.float32(max(warmup_steps, 1))
-        return peak * jnp.minimum(step / warmup, jnp.sqrt(warmup / step))
+        if decay == 'rsqrt':
+            after = jnp.sqrt(warmup / step)
+        else:
+            after = jnp.maximum(total_steps - step, 0.0) / (total_steps - warmup)
+        return peak * jnp.minimum(step / warmup, after)
     return schedule
 
 
-def make_optimizer(learning_rate: float, warmup_steps: int, *, b1: float = 0.9,
-                   b2: float = 0.98, eps: float = 1e-9,
+def make_optimizer(learning_rate: float, warmup_steps: int, *, decay: str = 'rsqrt',
+                   total_steps: int = 0, b1: float = 0.9, b2: float = 0.98, eps: float = 1e-9,
                    grad_clip_norm: float | None = None) -> optax.GradientTransformation:
     """Adam with the paper's betas and epsilon, after optional global-norm clipping.
 
     The clipping stage is always present (an infinite norm when disabled), so the optimizer
     state has one structure and a run can be resumed with clipping switched on or off.
     """
-    adam = optax.adam(learning_rate_schedule(learning_rate, warmup_steps), b1=b1, b2=b2, eps=eps)
+    schedule = learning_rate_schedule(learning_rate, warmup_steps, decay, total_steps)
+    adam = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
     return optax.chain(optax.clip_by_global_norm(grad_clip_norm or float('inf')), adam)
 
 

@@ -135,7 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                            dropout_seed=config.seed + 1,
                                            grad_accum_steps=t.grad_accum_steps)
     eval_step = train_lib.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing)
-    schedule = train_lib.learning_rate_schedule(t.learning_rate, t.warmup_steps)
+    schedule = train_lib.learning_rate_schedule(t.learning_rate, t.warmup_steps, t.schedule,
+                                                t.num_steps)
     writer = metrics.MetricWriter(run.workdir)
 
     # 4. The loop: step; every log_every steps log, every eval_every evaluate, every
