@@ -32,6 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.max_source_length = 36
     config.data.max_target_length = 24
     config.data.pack = True
+    # The training stream is cut into this many shards (each packs its own rows; a process
+    # reads only its own); 0 = one per process. Fixing it makes the batches the same for
+    # any number of processes.
+    config.data.input_shards = 0
 
     config.model = ml_collections.ConfigDict()
     config.model.variant = 'mini'         # a row of transformer.model.SIZES
@@ -61,6 +65,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_batches = 8         # validation batches per periodic evaluation
     config.train.checkpoint_every = 500
     config.train.max_checkpoints = 3
+
+    # Devices: a ('data', 'fsdp', 'tensor') mesh; one axis may be -1 (the devices left
+    # over). The default is pure data parallelism. See transformer/sharding.py.
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+    # Logical parameter axis -> mesh axis ('' = replicated).
+    config.mesh.rules = ml_collections.ConfigDict(dict(
+        embed='fsdp', mlp='tensor', heads='tensor', kv='', vocab='tensor', length=''))
+
+    # Several processes (hosts): jax.distributed, on when an address is set (here or in
+    # JAX_COORDINATOR_ADDRESS), or with enabled=True where JAX finds it (TPU pods, SLURM).
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.enabled = False
+    config.distributed.coordinator_address = ''   # host:port of process 0
+    config.distributed.num_processes = 0          # 0 = found by JAX
+    config.distributed.process_id = -1            # -1 = found by JAX
+    config.distributed.cpu_collectives = 'gloo'   # between CPU processes
+    config.distributed.timeout_s = 300            # give up if a peer never arrives
 
     config.eval = ml_collections.ConfigDict()
     config.eval.split = 'test'

@@ -63,6 +63,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'expected >= 0 (0 disables clipping)')
     for key in ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every'):
         _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
+    _check(config.data.input_shards >= 0, 'data.input_shards', config.data.input_shards,
+           'expected >= 0 (0 = one shard per process)')
+    for name, axis in config.mesh.rules.items():
+        _check(axis in ('', 'data', 'fsdp', 'tensor'), f'mesh.rules.{name}', axis,
+               "valid: 'data', 'fsdp', 'tensor' or '' (replicated)")
     _check(e.beam_size >= 1, 'eval.beam_size', e.beam_size, 'expected >= 1 (1 = greedy)')
     _check(e.length_penalty >= 0, 'eval.length_penalty', e.length_penalty, 'expected >= 0')
     _check(e.decode_length_offset >= 0, 'eval.decode_length_offset', e.decode_length_offset,

@@ -138,7 +138,8 @@ def pad(example, lengths: Lengths):
 
 
 def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, batch_size: int,
-                  seed: int, *, pack: bool = True) -> grain.IterDataset:
+                  seed: int, *, pack: bool = True, shard_index: int = 0,
+                  num_shards: int = 1) -> grain.IterDataset:
     """Shuffled (anew each epoch), endless, tokenized, length-filtered batches.
 
     With ``pack`` each of the ``batch_size`` rows holds as many whole examples as fit
@@ -147,9 +148,10 @@ def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, bat
     never attends across examples. Without it each row is one zero-padded example.
 
     Its iterator's ``get_state()`` is small JSON-able state that, restored, replays exactly
-    the batches that would have followed: a resumed run sees the same data.
+    the batches that would have followed: a resumed run sees the same data. With
+    ``num_shards`` > 1 it reads only every ``num_shards``-th pair from ``shard_index``.
     """
-    ds = (grain.MapDataset.source(pairs).shuffle(seed=seed).repeat()
+    ds = (grain.MapDataset.source(pairs)[shard_index::num_shards].shuffle(seed=seed).repeat()
           .map(Tokenize(tokenizer))
           .filter(lambda ex: fits(ex, lengths)))
     if not pack:
@@ -183,3 +185,47 @@ def count_too_long(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths) ->
     """How many pairs the training filter drops for their length."""
     tokenize = Tokenize(tokenizer)
     return sum(not fits(tokenize.map(pair), lengths) for pair in pairs)
+
+
+class ShardedBatches:
+    """This process's rows of every global batch, from its own input shards.
+
+    The training stream is cut into ``num_shards`` shards of ``rows_per_shard`` rows per
+    batch; process p of P reads shards p*k .. p*k+k-1 (k = num_shards / P) and yields their
+    rows side by side. Global batch = all processes' rows in process order, which is the
+    same for any P dividing ``num_shards``: a run can move between 1 and 8 hosts and keep
+    its data order. The state is kept per shard, so a checkpoint restores on any P too.
+    """
+
+    def __init__(self, pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths,
+                 rows_per_shard: int, seed: int, *, pack: bool, num_shards: int,
+                 process_index: int = 0, process_count: int = 1):
+        if num_shards % process_count:
+            raise ValueError(f'data.input_shards={num_shards} cannot be split over '
+                             f'{process_count} processes; use a multiple of {process_count}.')
+        per_process = num_shards // process_count
+        self.shards = list(range(process_index * per_process, (process_index + 1) * per_process))
+        self.iterators = [iter(train_dataset(pairs, tokenizer, lengths, rows_per_shard, seed,
+                                             pack=pack, shard_index=i, num_shards=num_shards))
+                          for i in self.shards]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batches = [next(it) for it in self.iterators]
+        return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+
+    def get_state(self) -> dict:
+        """{'shards': {shard index: grain iterator state}} for this process's shards."""
+        return {'shards': {str(i): it.get_state() for i, it in zip(self.shards, self.iterators)}}
+
+    def set_state(self, state: dict) -> None:
+        saved = state.get('shards', {})
+        missing = [i for i in self.shards if str(i) not in saved]
+        if missing:
+            raise ValueError(f'The checkpoint holds no data state for input shards {missing} '
+                             f'(it has {sorted(saved, key=int)}): it was written with another '
+                             'data.input_shards. Resume with the value it was trained with.')
+        for i, it in zip(self.shards, self.iterators):
+            it.set_state(saved[str(i)])

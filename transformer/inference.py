@@ -37,13 +37,18 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def build_state(config: ml_collections.ConfigDict, vocab_size: int):
-    """A freshly initialised (model, optimizer, graphdef, TrainState) for ``config``."""
+def make_optimizer(config: ml_collections.ConfigDict):
+    """The optax optimizer of ``config.train``."""
     t = config.train
-    model = EncoderDecoder(config_lib.model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
-    optimizer = train_lib.make_optimizer(
+    return train_lib.make_optimizer(
         t.learning_rate, t.warmup_steps, decay=t.get('schedule', 'rsqrt'), total_steps=t.num_steps,
         b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, grad_clip_norm=t.grad_clip_norm or None)
+
+
+def build_state(config: ml_collections.ConfigDict, vocab_size: int):
+    """A freshly initialised (model, optimizer, graphdef, TrainState) for ``config``."""
+    model = EncoderDecoder(config_lib.model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
+    optimizer = make_optimizer(config)
     graphdef, state = train_lib.init_state(model, optimizer)
     return model, optimizer, graphdef, state
 

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from transformer.sharding import constrain_batch
+
 Array = jax.Array
 KVCache = dict[str, Array]  # {'k': [b, L, h, dh], 'v': [b, L, h, dh]}
 
@@ -56,16 +58,21 @@ class Projection(nnx.Module):
     ``kernel_shape`` is split into input axes (the first ``num_in`` entries, contracted
     with the trailing axes of the input) and output axes (the rest, which the bias has).
     Keeping heads as their own kernel axis ([d, h, dh] rather than [d, h*dh]) means no
-    reshapes in the attention code and a named axis for tensor parallelism.
+    reshapes in the attention code and a named axis for tensor parallelism. ``axes`` names
+    each kernel axis (see ``sharding.py``); the bias takes the output axes' names.
     """
 
-    def __init__(self, kernel_shape: tuple[int, ...], num_in: int, *, use_bias: bool = True,
-                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, kernel_shape: tuple[int, ...], num_in: int, axes: tuple[str, ...], *,
+                 use_bias: bool = True, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                 rngs: nnx.Rngs):
+        if len(axes) != len(kernel_shape):
+            raise ValueError(f'axes {axes} do not name the kernel shape {kernel_shape}')
         in_axes = tuple(range(num_in))
         out_axes = tuple(range(num_in, len(kernel_shape)))
         init = _xavier(in_axis=in_axes, out_axis=out_axes)
-        self.kernel = nnx.Param(init(rngs.params(), kernel_shape, param_dtype))
-        self.bias = nnx.Param(jnp.zeros(kernel_shape[num_in:], param_dtype)) if use_bias else None
+        self.kernel = nnx.Param(init(rngs.params(), kernel_shape, param_dtype), logical_axes=axes)
+        self.bias = nnx.Param(jnp.zeros(kernel_shape[num_in:], param_dtype),
+                              logical_axes=axes[num_in:]) if use_bias else None
         letters = 'ABCDEFG'
         ins, outs = letters[:num_in], letters[num_in:len(kernel_shape)]
         self.equation = f'...{ins},{ins}{outs}->...{outs}'
@@ -121,10 +128,13 @@ class MultiHeadAttention(nnx.Module):
             raise ValueError(f'd_model={d_model} is not divisible by num_heads={num_heads}')
         d_head = d_model // num_heads
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.query = Projection((d_model, num_heads, d_head), 1, **kw)
-        self.key = Projection((d_model, num_heads, d_head), 1, **kw)
-        self.value = Projection((d_model, num_heads, d_head), 1, **kw)
-        self.out = Projection((num_heads, d_head, d_model), 2, **kw)
+        in_shape, in_axes = (d_model, num_heads, d_head), ('embed', 'heads', 'kv')
+        self.query = Projection(in_shape, 1, in_axes, **kw)
+        # No key bias: it adds q.b to every score of a query alike, which softmax ignores,
+        # so its gradient is exactly zero and Adam would only turn rounding noise into steps.
+        self.key = Projection(in_shape, 1, in_axes, use_bias=False, **kw)
+        self.value = Projection(in_shape, 1, in_axes, **kw)
+        self.out = Projection((num_heads, d_head, d_model), 2, ('heads', 'kv', 'embed'), **kw)
         self.attention_dropout = attention_dropout
 
     def project_kv(self, x: Array) -> tuple[Array, Array]:
@@ -170,8 +180,8 @@ class FeedForward(nnx.Module):
     def __init__(self, d_model: int, d_ff: int, *, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.wi = Projection((d_model, d_ff), 1, **kw)
-        self.wo = Projection((d_ff, d_model), 1, **kw)
+        self.wi = Projection((d_model, d_ff), 1, ('embed', 'mlp'), **kw)
+        self.wo = Projection((d_ff, d_model), 1, ('mlp', 'embed'), **kw)
 
     def __call__(self, x: Array) -> Array:
         """[b, l, d] -> [b, l, d]."""
@@ -191,6 +201,13 @@ class BlockConfig:
     param_dtype: Any = jnp.float32
 
 
+def layer_norm(d_model: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over the last axis (epsilon 1e-6), its scale and bias named 'embed'."""
+    meta = {'logical_axes': ('embed',)}
+    return nnx.LayerNorm(d_model, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                         scale_metadata=meta, bias_metadata=meta)
+
+
 class Residual(nnx.Module):
     """Wraps a sublayer with dropout, a residual connection and layer normalisation.
 
@@ -200,8 +217,7 @@ class Residual(nnx.Module):
     """
 
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
-        self.norm = nnx.LayerNorm(cfg.d_model, epsilon=1e-6, dtype=cfg.dtype,
-                                  param_dtype=cfg.param_dtype, rngs=rngs)
+        self.norm = layer_norm(cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
         self.pre_ln = cfg.pre_ln
         self.rate = cfg.dropout_rate
 
@@ -226,7 +242,7 @@ class EncoderLayer(nnx.Module):
         """x: [b, s, d]; mask: [b, 1, s, s] -> [b, s, d]."""
         r = split_rng(dropout_rng, 3)
         x = self.attention_block(x, lambda y: self.self_attention(y, mask, dropout_rng=r[0]), r[1])
-        return self.ff_block(x, self.feed_forward, r[2])
+        return constrain_batch(self.ff_block(x, self.feed_forward, r[2]))
 
 
 class DecoderLayer(nnx.Module):
@@ -254,7 +270,7 @@ class DecoderLayer(nnx.Module):
         y = self.self_block(y, lambda z: self.self_attention(z, self_mask, dropout_rng=r[0]), r[1])
         y = self.cross_block(
             y, lambda z: self.cross_attention(z, cross_mask, kv=cross_kv, dropout_rng=r[2]), r[3])
-        return self.ff_block(y, self.feed_forward, r[4])
+        return constrain_batch(self.ff_block(y, self.feed_forward, r[4]))
 
     def step(self, y: Array, cross_kv: tuple[Array, Array], cross_mask: Array,
              cache: KVCache, index: Array) -> tuple[Array, KVCache]:

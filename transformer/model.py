@@ -118,12 +118,13 @@ class Embedder(nnx.Module):
         # std d_model^-0.5 times the sqrt(d_model) scale gives unit-variance inputs; the
         # same matrix, transposed, then produces unit-variance logits when it is shared.
         init = nnx.initializers.normal(stddev=cfg.d_model ** -0.5)
-        self.table = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model), cfg.param_dtype))
+        self.table = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model), cfg.param_dtype),
+                               logical_axes=('vocab', 'embed'))
         if cfg.positional not in ('sinusoidal', 'learned'):
             raise ValueError(f"positional={cfg.positional!r}; valid: 'sinusoidal', 'learned'")
         self.positions = None if cfg.positional == 'sinusoidal' else nnx.Param(
             nnx.initializers.normal(stddev=0.02)(rngs.params(), (cfg.max_len, cfg.d_model),
-                                                 cfg.param_dtype))
+                                                 cfg.param_dtype), logical_axes=('length', 'embed'))
         self.d_model = cfg.d_model
         self.dtype = cfg.dtype
 
@@ -151,16 +152,16 @@ class EncoderDecoder(nnx.Module):
         self.source_embed = Embedder(cfg, rngs=rngs)
         self.target_embed = self.source_embed if cfg.share_embeddings else Embedder(cfg, rngs=rngs)
         self.output = None if cfg.share_embeddings else layers.Projection(
-            (cfg.d_model, cfg.vocab_size), 1, use_bias=False, dtype=cfg.dtype,
+            (cfg.d_model, cfg.vocab_size), 1, ('embed', 'vocab'), use_bias=False, dtype=cfg.dtype,
             param_dtype=cfg.param_dtype, rngs=rngs)
         self.encoder = nnx.List([layers.EncoderLayer(block, rngs=rngs)
                                  for _ in range(cfg.num_encoder_layers)])
         self.decoder = nnx.List([layers.DecoderLayer(block, rngs=rngs)
                                  for _ in range(cfg.num_decoder_layers)])
-        norm = dict(epsilon=1e-6, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+        norm = (cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
         # Pre-LN leaves the residual stream unnormalised: normalise each stack's output.
-        self.encoder_norm = nnx.LayerNorm(cfg.d_model, **norm) if cfg.pre_ln else None
-        self.decoder_norm = nnx.LayerNorm(cfg.d_model, **norm) if cfg.pre_ln else None
+        self.encoder_norm = layers.layer_norm(*norm) if cfg.pre_ln else None
+        self.decoder_norm = layers.layer_norm(*norm) if cfg.pre_ln else None
 
     # -- full-sequence passes ------------------------------------------------------------
 

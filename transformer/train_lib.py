@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from transformer.model import PAD_ID
 
@@ -122,15 +123,21 @@ def _forward(graphdef, params, batch: Batch, dropout_rng):
 
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
-                    label_smoothing: float, dropout_seed: int, grad_accum_steps: int = 1):
-    """Returns the jitted ``train_step(state, batch) -> (state, metric sums)``.
+                    label_smoothing: float, dropout_seed: int, grad_accum_steps: int = 1,
+                    state_sharding=None, batch_sharding: NamedSharding | None = None):
+    """Returns ``train_step(state, batch) -> (state, metric sums)``, jitted.
 
     With ``grad_accum_steps`` = n > 1 the batch's rows are split into n micro-batches whose
     gradients are summed in a ``lax.scan`` before one optimizer update: the update equals
     that of the whole batch at once (the loss is normalised by the batch's total target
-    tokens), using the memory of one micro-batch. The dropout key is derived from (seed,
-    step, micro-batch), so it needs no state of its own and a resumed run draws exactly
-    the masks an uninterrupted one would have. ``state`` is donated: its buffers are reused.
+    tokens), using the memory of one micro-batch. Row i goes to micro-batch i mod n, so
+    every device keeps an equal share of each micro-batch. The dropout key is derived from
+    (seed, step, micro-batch), so it needs no state of its own and a resumed run draws
+    exactly the masks an uninterrupted one would have. ``state`` is donated.
+
+    With ``state_sharding`` (from ``sharding.state_shardings``) and ``batch_sharding`` the
+    step is compiled for their mesh: inputs and outputs keep those shardings, and the
+    metric sums come back replicated. Without them it runs on the default device.
     """
     base_key = jax.random.key(dropout_seed)
 
@@ -144,8 +151,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(base_key, state.step)
         micro = jax.tree.map(
-            lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
-            batch)
+            lambda x: x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps,
+                                *x.shape[1:]).swapaxes(0, 1), batch)
 
         def accumulate(carry, inputs):
             index, micro_batch = inputs
@@ -161,19 +168,38 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
 
-    return jax.jit(train_step, donate_argnums=0)
+    if batch_sharding is None:
+        return jax.jit(train_step, donate_argnums=0)
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return _on_mesh(jax.jit(train_step, donate_argnums=0,
+                            in_shardings=(state_sharding, batch_sharding),
+                            out_shardings=(state_sharding, replicated)), batch_sharding.mesh)
+
+
+def _on_mesh(fn, mesh):
+    """Calls ``fn`` inside ``mesh``'s context, where activation constraints apply."""
+    def call(*args):
+        with jax.set_mesh(mesh):
+            return fn(*args)
+    call.jitted = fn  # for .lower(...).compile() without running
+    return call
 
 
 def _empty_sums() -> dict:
     return {name: jnp.zeros((), jnp.float32) for name in ('loss', 'nll', 'correct', 'tokens')}
 
 
-def make_eval_step(graphdef, *, label_smoothing: float):
+def make_eval_step(graphdef, *, label_smoothing: float, params_sharding=None,
+                   batch_sharding: NamedSharding | None = None):
     """Returns the jitted ``eval_step(params, batch) -> metric sums`` (no dropout)."""
     def eval_step(params, batch: Batch):
         logits = _forward(graphdef, params, batch, None)
         return batch_metrics(logits, batch['targets'], label_smoothing)
-    return jax.jit(eval_step)
+    if batch_sharding is None:
+        return jax.jit(eval_step)
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return _on_mesh(jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
+                            out_shardings=replicated), batch_sharding.mesh)
 
 
 def init_state(model: nnx.Module, optimizer: optax.GradientTransformation):

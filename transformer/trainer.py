@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
-from transformer import checkpoint, config_lib, data, inference, metrics, tasks, train_lib
+from transformer import checkpoint, config_lib, data, inference, metrics, sharding, tasks, train_lib
 from transformer.model import EncoderDecoder, count_params
 
 log = logging.getLogger('transformer')
@@ -38,8 +39,15 @@ class Run:
     model: EncoderDecoder      # freshly initialised; the trained values live in `state`
     optimizer: object
     graphdef: object
-    state: train_lib.TrainState
+    state: train_lib.TrainState  # placed on the mesh
     checkpointer: checkpoint.Checkpointer
+    mesh: jax.sharding.Mesh
+    state_sharding: object       # the NamedSharding of every leaf of `state`
+
+
+def is_chief() -> bool:
+    """Process 0 alone writes logs, metrics, the tokenizer and the run record."""
+    return jax.process_index() == 0
 
 
 def git_hash() -> str:
@@ -60,14 +68,23 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     config_lib.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     d, t = config.data, config.train
+    mesh = sharding.make_mesh(config.mesh)  # a bad mesh or batch fails here, before any work
+    sharding.check_batch(mesh, t.batch_size)
     splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
                                **d.builder_kwargs)
-    tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size)
+    if is_chief():
+        tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size)
+    sharding.barrier('tokenizer')  # the others load what process 0 trained
+    if not is_chief():
+        tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
     lengths = data.Lengths(d.max_source_length, d.max_target_length)
     model, optimizer, graphdef, state = inference.build_state(config, tokenizer.vocab_size)
+    state_sharding = sharding.state_shardings(state, mesh, config.mesh.rules.to_dict())
+    state = sharding.place(state, state_sharding)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints,
                                    writer=True)
-    return Run(config, workdir, splits, tokenizer, lengths, model, optimizer, graphdef, state, ckpt)
+    return Run(config, workdir, splits, tokenizer, lengths, model, optimizer, graphdef, state,
+               ckpt, mesh, state_sharding)
 
 
 def write_run_info(run: Run) -> None:
@@ -75,16 +92,17 @@ def write_run_info(run: Run) -> None:
     with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
         f.write(run.config.to_json_best_effort(indent=2))
     info = {'git': git_hash(), 'jax': jax.__version__, 'devices': [str(x) for x in jax.devices()],
+            'processes': jax.process_count(), 'mesh': dict(run.mesh.shape),
             'vocab_size': run.tokenizer.vocab_size, 'parameters': count_params(run.model)}
     with open(os.path.join(run.workdir, 'run_info.json'), 'w') as f:
         json.dump(info, f, indent=2)
 
 
-def evaluate_loss(eval_step, params, batches) -> dict[str, float]:
-    """Token-averaged loss, perplexity and accuracy over ``batches``."""
+def evaluate_loss(eval_step, params, batches, batch_sharding) -> dict[str, float]:
+    """Token-averaged loss, perplexity and accuracy over ``batches`` (same in every process)."""
     sums = None
     for batch in batches:
-        out = eval_step(params, batch)
+        out = eval_step(params, sharding.replicated_batch(batch, batch_sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     if sums is None:
         raise ValueError('The validation split is empty: nothing to evaluate.')
@@ -113,17 +131,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise config_lib.ConfigError(
             f'Every training pair is longer than {run.lengths} tokens; raise '
             'config.data.max_source_length / max_target_length.')
-    train_iter = iter(data.train_dataset(run.splits['train'], run.tokenizer, run.lengths,
-                                         t.batch_size * t.grad_accum_steps, seed=config.seed,
-                                         pack=config.data.pack))
+    train_iter = _train_batches(run)
+    batch_sharding = sharding.batch_sharding(run.mesh)
+    log.info('Mesh %s over %d devices in %d process(es); %s', dict(run.mesh.shape),
+             run.mesh.size, jax.process_count(), jax.devices()[0].platform)
 
     # 2. Resume from the latest checkpoint, data position included.
     state = run.state
     if run.checkpointer.latest_step() is not None:
         state, data_state = run.checkpointer.restore(state)
-        train_iter.set_state(data_state)
+        train_iter.set_state(data_state)  # (the restored arrays keep the mesh's shardings)
         log.info('Resumed from step %d in %s', int(state.step), run.checkpointer.directory)
-    write_run_info(run)  # only now: a refused resume leaves the run's record as it was
+    if is_chief():
+        write_run_info(run)  # only now: a refused resume leaves the run's record as it was
     start = int(state.step)
     if start >= t.num_steps:
         log.info('Already trained to step %d (train.num_steps=%d): nothing to do. Raise '
@@ -133,26 +153,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_step = train_lib.make_train_step(run.graphdef, run.optimizer,
                                            label_smoothing=t.label_smoothing,
                                            dropout_seed=config.seed + 1,
-                                           grad_accum_steps=t.grad_accum_steps)
-    eval_step = train_lib.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing)
+                                           grad_accum_steps=t.grad_accum_steps,
+                                           state_sharding=run.state_sharding,
+                                           batch_sharding=batch_sharding)
+    eval_step = train_lib.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing,
+                                         params_sharding=run.state_sharding.params,
+                                         batch_sharding=batch_sharding)
+    # Validation rows: rounded up to split evenly over the mesh (padding rows weigh nothing).
+    rows = sharding.batch_rows_multiple(run.mesh)
+    eval_rows = -(-config.eval.batch_size // rows) * rows
     schedule = train_lib.learning_rate_schedule(t.learning_rate, t.warmup_steps, t.schedule,
                                                 t.num_steps)
-    writer = metrics.MetricWriter(run.workdir)
+    writer = metrics.MetricWriter(run.workdir, enabled=is_chief())
 
     # 4. The loop: step; every log_every steps log, every eval_every evaluate, every
     #    checkpoint_every save. Metric sums stay on device between logs (no per-step sync);
     #    so does the first step whose loss was not finite, which is checked before any save.
     progress = tqdm(total=t.num_steps, initial=start, desc='train', unit='step',
-                    dynamic_ncols=True, mininterval=1.0)
+                    dynamic_ncols=True, mininterval=1.0, disable=not is_chief())
     sums, tokens, tick = None, 0, time.perf_counter()
     first_nonfinite = jnp.zeros((), jnp.int32)
     val_metrics: dict[str, float] = {}
     try:
         with StopOnSignal() as stop:
             for step in range(start + 1, t.num_steps + 1):
-                batch = next(train_iter)
-                tokens += int(np.count_nonzero(batch['targets']))
-                state, step_sums = train_step(state, batch)
+                local = next(train_iter)
+                tokens += int(np.count_nonzero(local['targets'])) * jax.process_count()
+                state, step_sums = train_step(state, sharding.global_batch(local, batch_sharding))
                 sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
                 first_nonfinite = jnp.where((first_nonfinite == 0) & (step_sums['nonfinite'] > 0),
                                             step, first_nonfinite)
@@ -175,16 +202,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
                 if step % t.eval_every == 0 or last:
                     batches = _take(data.eval_batches(run.splits['validation'], run.tokenizer,
-                                                      run.lengths, config.eval.batch_size),
+                                                      run.lengths, eval_rows),
                                     t.eval_batches)
-                    val_metrics = evaluate_loss(eval_step, state.params, batches)
+                    val_metrics = evaluate_loss(eval_step, state.params, batches, batch_sharding)
                     writer.write(step, 'validation', val_metrics)
                     progress.write(f'step {step}: validation loss {val_metrics["loss"]:.4f}, '
                                    f'accuracy {val_metrics["accuracy"]:.2f}%')
                     tick = time.perf_counter()  # evaluation time is not training throughput
 
                 if save:
-                    run.checkpointer.save(step, state, train_iter.get_state())
+                    run.checkpointer.save(step, state, _gather_data_state(train_iter))
                 if stopping:
                     raise TrainingInterrupted(step, stop.signal, run.checkpointer.directory)
     finally:  # also on errors: pending checkpoint writes complete, files are closed
@@ -192,6 +219,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run.checkpointer.close()
         writer.close()
     return val_metrics
+
+
+def compile_train_step(config: ml_collections.ConfigDict):
+    """Compiles the train step for ``config.mesh`` from shapes alone: no data, no weights.
+
+    So a pod config is known to fit and compile before anyone pays for the pod (with
+    XLA_FLAGS=--xla_force_host_platform_device_count=N a CPU stands in for N devices).
+    Uses ``config.data.vocab_size`` for the vocabulary. Returns the compiled step.
+    """
+    config_lib.validate(config)
+    mesh = sharding.make_mesh(config.mesh)
+    t, d = config.train, config.data
+    sharding.check_batch(mesh, t.batch_size)
+    optimizer = inference.make_optimizer(config)
+    model_cfg = config_lib.model_config(config, d.vocab_size)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: EncoderDecoder(model_cfg, rngs=nnx.Rngs(0))),
+                                 nnx.Param)
+    state = train_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                                 opt_state=jax.eval_shape(optimizer.init, params))
+    state_sharding = sharding.state_shardings(state, mesh, config.mesh.rules.to_dict())
+    batch_sharding = sharding.batch_sharding(mesh)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  state, state_sharding)
+    rows = t.batch_size * t.grad_accum_steps
+    fields = {'inputs': d.max_source_length, 'targets': d.max_target_length,
+              'decoder_inputs': d.max_target_length}
+    if d.pack:
+        for side, key in (('inputs', 'inputs'), ('targets', 'targets')):
+            fields.update({f'{side}_segment_ids': fields[key], f'{side}_positions': fields[key]})
+    batch = {k: jax.ShapeDtypeStruct((rows, n), jnp.int32, sharding=batch_sharding)
+             for k, n in fields.items()}
+    step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=t.label_smoothing,
+                                     dropout_seed=0, grad_accum_steps=t.grad_accum_steps,
+                                     state_sharding=state_sharding, batch_sharding=batch_sharding)
+    with jax.set_mesh(mesh):
+        return step.jitted.lower(abstract_state, batch).compile()
+
+
+def _train_batches(run: Run) -> data.ShardedBatches:
+    """This process's rows of each training batch (see ``data.ShardedBatches``)."""
+    config, t = run.config, run.config.train
+    num_shards = config.data.input_shards or jax.process_count()
+    rows = t.batch_size * t.grad_accum_steps
+    if rows % num_shards or num_shards % jax.process_count():
+        raise config_lib.ConfigError(
+            f'config.data.input_shards={num_shards}: it must divide the {rows} rows of a batch '
+            f'(train.batch_size x grad_accum_steps) and be a multiple of the '
+            f'{jax.process_count()} processes; 0 = one shard per process.')
+    return data.ShardedBatches(run.splits['train'], run.tokenizer, run.lengths,
+                               rows // num_shards, config.seed, pack=config.data.pack,
+                               num_shards=num_shards, process_index=jax.process_index(),
+                               process_count=jax.process_count())
+
+
+def _gather_data_state(train_iter: data.ShardedBatches) -> dict:
+    """Every process's input-shard states in one dict (process 0 writes it)."""
+    shards = {}
+    for state in sharding.allgather_json(train_iter.get_state()):
+        shards.update(state['shards'])
+    return {'shards': shards}
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -1,0 +1,167 @@
+"""Sharding: the mesh, the rules, and proofs that a sharded or multi-process run equals one device.
+
+The multi-device cases run in subprocesses whose CPU is split into 8 devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=8); the test process keeps one device.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+from test_end_to_end import data_dir, tiny  # noqa: F401  (data_dir is a fixture)
+
+from configs import default
+from conftest import ROOT, make_model
+from transformer import checkpoint, inference, sharding
+
+RULES = default.get_config().mesh.rules.to_dict()
+
+
+def devices_env(n: int) -> dict:
+    return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}',
+                JAX_PLATFORMS='cpu')
+
+
+def test_mesh_shape_takes_the_rest_and_names_what_is_wrong():
+    assert sharding.mesh_shape(-1, 1, 1, 8) == (8, 1, 1)
+    assert sharding.mesh_shape(2, -1, 2, 8) == (2, 2, 2)
+    with pytest.raises(sharding.MeshError, match='needs 8 devices, but 4 are visible'):
+        sharding.mesh_shape(2, 2, 2, 4)
+    with pytest.raises(sharding.MeshError, match='do not divide'):
+        sharding.mesh_shape(-1, 3, 1, 8)
+    with pytest.raises(sharding.MeshError, match='at most one may be -1'):
+        sharding.mesh_shape(-1, -1, 1, 8)
+
+
+@pytest.mark.parametrize('overrides', [{}, dict(pre_ln=True, positional='learned'),
+                                       dict(share_embeddings=False)])
+def test_every_parameter_names_its_axes(overrides):
+    model = make_model(**overrides)
+    for path, var in jax.tree_util.tree_leaves_with_path(
+            nnx.state(model, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        names = var.get_metadata().get('logical_axes')
+        assert names is not None and len(names) == var.ndim, jax.tree_util.keystr(path)
+        assert set(names) <= set(RULES), names
+
+
+def test_rules_map_logical_axes_to_the_mesh():
+    mesh = jax.sharding.AbstractMesh((2, 2, 2), sharding.MESH_AXES)
+    assert sharding.spec_for(('embed', 'heads', 'kv'), (32, 4, 8), mesh, RULES) == \
+        P('fsdp', 'tensor', None)
+    assert sharding.spec_for(('vocab', 'embed'), (64, 32), mesh, RULES) == P('tensor', 'fsdp')
+    # A dimension the mesh axis does not divide stays whole instead of failing.
+    assert sharding.spec_for(('vocab', 'embed'), (63, 32), mesh, RULES) == P(None, 'fsdp')
+    # Pure data parallelism: every parameter replicated.
+    assert sharding.spec_for(('embed', 'mlp'), (32, 64), mesh, dict(RULES, embed='', mlp='')) \
+        == P(None, None)
+    with pytest.raises(sharding.MeshError, match="logical axis 'rows'"):
+        sharding.spec_for(('rows',), (4,), mesh, RULES)
+
+
+def test_sharded_train_step_equals_the_one_device_step():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tests/workers/sharded_step.py')],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
+    assert [r['mesh'] for r in results] == [dict(data=8, fsdp=1, tensor=1),
+                                            dict(data=2, fsdp=2, tensor=2),
+                                            dict(data=4, fsdp=1, tensor=2)]
+    for r in results:
+        assert r['tokens'] == r['ref_tokens']
+        assert abs(r['loss'] - r['ref_loss']) <= 1e-5 * abs(r['ref_loss']), r
+        assert r['gradient_diff'] <= 1e-5, r
+        # Adam's first update is lr * sign(gradient) wherever |gradient| >> eps, so for an
+        # entry whose gradient is ~1e-9 the order of a sum can flip a whole step; a
+        # gradient-proportional update (SGD) shows the parameters themselves agree.
+        assert r['sgd_param_diff'] <= 1e-5, r
+        assert r['misplaced'] == [], r
+    assert results[0]['split_params'] == 0          # data=8: every parameter replicated
+    assert results[1]['split_params'] > 0 and results[2]['split_params'] > 0
+
+
+@pytest.mark.parametrize('variant', ['base', 'big'])
+def test_paper_configs_compile_for_an_8_device_mesh(tmp_path, variant):
+    out = subprocess.run(
+        [sys.executable, 'train.py', '--config', f'configs/wmt14_ende.py:{variant}',
+         '--workdir', str(tmp_path), '--compile_only', '--config.mesh.data=2',
+         '--config.mesh.fsdp=2', '--config.mesh.tensor=2'],
+        capture_output=True, text=True, timeout=900, cwd=ROOT, env=devices_env(8))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f'model.variant={variant} for mesh data=2 x fsdp=2 x tensor=2 over 8 devices' in out.stdout
+    assert not os.listdir(tmp_path)  # shapes only: nothing trained, nothing written
+
+
+@pytest.mark.parametrize('overrides,devices,named', [
+    (['--config.mesh.data=3'], 1, 'config.mesh data=3 x fsdp=1 x tensor=1 needs 3 devices'),
+    (['--config.train.batch_size=12'], 8, 'config.train.batch_size=12 rows cannot be split'),
+    (['--config.mesh.rules.mlp=model'], 1, "config.mesh.rules.mlp='model'"),
+])
+def test_bad_mesh_or_batch_is_named_before_any_work(tmp_path, data_dir, overrides,  # noqa: F811
+                                                    devices, named):
+    out = subprocess.run([sys.executable, 'train.py', *tiny(data_dir, tmp_path / 'w', *overrides)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env=devices_env(devices))
+    assert out.returncode != 0
+    assert named in out.stderr
+    assert not (tmp_path / 'w' / 'checkpoints').exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        return s.getsockname()[1]
+
+
+def _restored_params(workdir):
+    config = inference.load_config(str(workdir))
+    _, _, _, state = inference.build_state(config, config.data.vocab_size)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
+    try:
+        return ckpt.latest_step(), ckpt.restore_params(state.params)
+    finally:
+        ckpt.close()
+
+
+def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_dir):  # noqa: F811
+    """2 processes x 4 devices (gloo) == 1 process x 8 devices, then restored on 1 device."""
+    steps = ['--config.train.num_steps=5', '--config.data.input_shards=2',
+             '--config.mesh.data=4', '--config.mesh.tensor=2']
+    single = subprocess.run([sys.executable, 'train.py', *tiny(data_dir, tmp_path / 'single', *steps)],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT,
+                            env=devices_env(8))
+    assert single.returncode == 0, single.stderr[-3000:]
+    os.makedirs(tmp_path / 'multi')  # the same vocabulary for both runs
+    shutil.copy(tmp_path / 'single' / 'tokenizer.model', tmp_path / 'multi')
+
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, 'train.py', *tiny(data_dir, tmp_path / 'multi', *steps),
+         f'--config.distributed.coordinator_address=localhost:{port}',
+         '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
+         '--config.distributed.timeout_s=120'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=devices_env(4))
+        for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:  # a peer that never arrives must not leave the other one running
+        for p in procs:
+            p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert 'Process 1 of 2; 4 local / 8 global devices' in outputs[1][1]
+
+    step_single, params_single = _restored_params(tmp_path / 'single')
+    step_multi, params_multi = _restored_params(tmp_path / 'multi')
+    assert step_single == step_multi == 5
+    for a, b in zip(jax.tree.leaves(params_single), jax.tree.leaves(params_multi)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    # Written on 8 devices, restored on this process's single device.
+    assert all(x.sharding.device_set == {jax.devices()[0]} for x in jax.tree.leaves(params_multi))

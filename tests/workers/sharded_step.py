@@ -1,0 +1,103 @@
+"""Run in a subprocess with 8 CPU devices: one sharded train step vs the one-device step.
+
+Prints one JSON line per mesh: the largest differences of loss and parameters, and the
+parameters whose sharding is not what the rules say.
+"""
+
+import json
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from configs import default  # noqa: E402
+from transformer import sharding, train_lib  # noqa: E402
+from transformer.model import EncoderDecoder, ModelConfig  # noqa: E402
+
+jax.config.update('jax_platforms', 'cpu')
+MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=2, tensor=2),
+          dict(data=4, fsdp=1, tensor=2)]
+RULES = default.get_config().mesh.rules.to_dict()
+VOCAB, ROWS, LENGTH = 64, 16, 12
+
+
+def packed_batch(rng):
+    """Two examples per row, some padding: segment ids 1, 2, 0."""
+    seg = np.zeros((ROWS, LENGTH), np.int32)
+    seg[:, :5], seg[:, 5:10] = 1, 2
+    pos = np.where(seg == 1, np.arange(LENGTH), np.arange(LENGTH) - 5) * (seg > 0)
+    tokens = rng.integers(4, VOCAB, (ROWS, LENGTH)).astype(np.int32) * (seg > 0)
+    return {'inputs': tokens, 'targets': np.roll(tokens, 1, 1) * (seg > 0),
+            'decoder_inputs': tokens, 'inputs_segment_ids': seg, 'targets_segment_ids': seg,
+            'inputs_positions': pos.astype(np.int32), 'targets_positions': pos.astype(np.int32)}
+
+
+def is_variable(x):
+    return isinstance(x, nnx.Variable)
+
+
+def max_diff(a, b) -> float:
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def misplaced(tree, mesh) -> list[str]:
+    """Variables whose array sharding is not what the rules give for their logical axes."""
+    wrong = []
+    for path, var in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_variable):
+        if not is_variable(var):
+            continue
+        want = sharding.spec_for(var.get_metadata()['logical_axes'], var.shape, mesh, RULES)
+        if var.get_value().sharding.spec != want:
+            wrong.append(f'{jax.tree_util.keystr(path)}: {var.get_value().sharding.spec} != {want}')
+    return wrong
+
+
+def steps(optimizer, state, graphdef, mesh=None):
+    """One train step (dropout on, 2 accumulated micro-batches), on ``mesh`` or one device."""
+    kw = dict(label_smoothing=0.1, dropout_seed=1, grad_accum_steps=2)
+    batch = packed_batch(np.random.default_rng(0))
+    state = jax.tree.map(np.array, state)  # a fresh copy: the step donates its input
+    if mesh is None:
+        return train_lib.make_train_step(graphdef, optimizer, **kw)(state, batch)
+    shardings = sharding.state_shardings(state, mesh, RULES)
+    batch_sharding = sharding.batch_sharding(mesh)
+    step = train_lib.make_train_step(graphdef, optimizer, state_sharding=shardings,
+                                     batch_sharding=batch_sharding, **kw)
+    return step(sharding.place(state, shardings), sharding.global_batch(batch, batch_sharding))
+
+
+def main():
+    model = EncoderDecoder(ModelConfig.make('tiny', VOCAB, dropout_rate=0.1), rngs=nnx.Rngs(0))
+    adam = train_lib.make_optimizer(1e-3, 2)
+    sgd = optax.sgd(0.5)
+    graphdef, adam_state = train_lib.init_state(model, adam)
+    _, sgd_state = train_lib.init_state(model, sgd)
+    ref_adam, ref_sums = steps(adam, adam_state, graphdef)
+    ref_sgd, _ = steps(sgd, sgd_state, graphdef)
+    for shape in MESHES:
+        mesh = sharding.make_mesh(shape)
+        new_adam, sums = steps(adam, adam_state, graphdef, mesh)
+        new_sgd, _ = steps(sgd, sgd_state, graphdef, mesh)
+        print(json.dumps({
+            'mesh': shape,
+            'loss': float(sums['loss']), 'ref_loss': float(ref_sums['loss']),
+            'tokens': float(sums['tokens']), 'ref_tokens': float(ref_sums['tokens']),
+            # Adam's first moment is (1 - b1) * gradient: the gradients must agree.
+            'gradient_diff': max_diff(new_adam.opt_state, ref_adam.opt_state) / 0.1,
+            'adam_param_diff': max_diff(new_adam.params, ref_adam.params),
+            'sgd_param_diff': max_diff(new_sgd.params, ref_sgd.params),
+            'misplaced': misplaced(new_adam.params, mesh) + misplaced(new_adam.opt_state, mesh),
+            'split_params': sum(any(mesh.shape[a] > 1 for a in v.get_value().sharding.spec if a)
+                                for v in jax.tree.leaves(new_adam.params, is_leaf=is_variable)),
+        }), flush=True)
+
+
+if __name__ == '__main__':
+    main()
