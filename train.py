@@ -15,6 +15,7 @@ from ml_collections import config_flags
 from transformer import inference, sharding, trainer
 from transformer.checkpoint import CheckpointMismatchError
 from transformer.config_lib import ConfigError
+from transformer.data import VocabularyError
 from transformer.sharding import MeshError
 
 FLAGS = flags.FLAGS
@@ -56,7 +57,7 @@ def main(argv):
     except trainer.TrainingInterrupted as e:
         print(f'Stopped by {e}', file=sys.stderr)
         sys.exit(128 + e.signum)
-    except (ConfigError, MeshError, FileNotFoundError, CheckpointMismatchError,
+    except (ConfigError, MeshError, VocabularyError, FileNotFoundError, CheckpointMismatchError,
             trainer.NonFiniteLossError) as e:
         raise SystemExit(f'Error: {e}') from None
     if result:

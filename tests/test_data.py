@@ -107,3 +107,9 @@ def test_eval_batches_cover_every_pair_once_in_order(pairs_and_tokenizer):
     assert np.all(rows[23:] == 0)
     first = tokenizer.encode(pairs[0][0]) + [data.EOS_ID]
     np.testing.assert_array_equal(rows[0, :len(first)], first)
+
+
+def test_too_small_vocabulary_names_the_size_that_works():
+    texts = ['the quick brown fox jumps over the lazy dog', 'Zwölf Boxkämpfer jagen Viktor']
+    with pytest.raises(data.VocabularyError, match=r'vocab_size=10 is too small.*at least \d+'):
+        data.train_tokenizer(texts * 20, 10)

@@ -17,6 +17,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 import grain
@@ -77,13 +78,26 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 
                     character_coverage: float = 1.0, byte_fallback: bool = False) -> Tokenizer:
     """Trains a joint SentencePiece vocabulary on ``texts`` (source and target lines)."""
     proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=(t.strip() for t in texts), model_writer=proto,
-        vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
-        byte_fallback=byte_fallback, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-        input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=1,
-        hard_vocab_limit=False, minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=(t.strip() for t in texts), model_writer=proto,
+            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
+            byte_fallback=byte_fallback, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID,
+            eos_id=EOS_ID, input_sentence_size=2_000_000, shuffle_input_sentence=True,
+            num_threads=1, hard_vocab_limit=False, minloglevel=2)
+    except RuntimeError as e:
+        need = re.search(r'smaller than required_chars\. \d+ vs (\d+)', str(e))
+        if not need:
+            raise
+        raise VocabularyError(
+            f'config.data.vocab_size={vocab_size} is too small: the training text needs '
+            f'{need.group(1)} pieces for its characters and the special tokens alone. Use at '
+            f'least {need.group(1)} (several times more, so that whole words get pieces).') from None
     return Tokenizer(proto.getvalue())
+
+
+class VocabularyError(ValueError):
+    """The requested vocabulary cannot hold the training text's characters."""
 
 
 def get_tokenizer(workdir: str, train_pairs: list[Pair], vocab_size: int, **kwargs) -> Tokenizer:
