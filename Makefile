@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.py
 WORKDIR ?= runs/default
 
-.PHONY: train test lint install install-dev clean
+.PHONY: train test lint bench install install-dev install-bench clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -16,6 +16,10 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed benchmarks/requirements.txt
+	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
@@ -30,6 +34,12 @@ train: install
 ## Run the test suite (CPU only).
 test: install-dev
 	$(PY) -m pytest -q
+
+## Benchmarks with their PyTorch peer: make bench [CASES=train_small,beam] [BENCH_OUT=f.jsonl]
+## [MULTI30K_DIR=path/to/raw/multi30k] (for the input-pipeline case).
+CASES ?=
+bench: $(VENV)/.installed-bench
+	$(PY) -m benchmarks --cases "$(CASES)"
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

@@ -14,6 +14,8 @@ network. ``configs/default.py:tiny`` is the same task shrunk for tests (seconds)
 
 import ml_collections
 
+from transformer import sweeps
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -105,3 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; valid: 'tiny' or none")
     return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """Peak learning rate x warmup: 6 trials (python sweep.py --config configs/default.py ...)."""
+    return sweeps.grid(**{'train.learning_rate': [1e-3, 2e-3, 4e-3],
+                          'train.warmup_steps': [200, 400]})

@@ -19,6 +19,7 @@ repository (sha256-checked); with it, they are read from that folder (no network
 import ml_collections
 
 from configs import default
+from transformer import sweeps
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -56,3 +57,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.beam_size = 4
     config.eval.length_penalty = 0.6
     return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """8 seeded random trials of learning rate, dropout and label smoothing."""
+    return sweeps.random_search(
+        8, seed=0, **{'train.learning_rate': sweeps.LogUniform(5e-4, 3e-3),
+                      'model.dropout_rate': sweeps.Uniform(0.05, 0.3),
+                      'train.label_smoothing': sweeps.Choice((0.0, 0.1))})

@@ -113,3 +113,28 @@ def test_too_small_vocabulary_names_the_size_that_works():
     texts = ['the quick brown fox jumps over the lazy dog', 'Zwölf Boxkämpfer jagen Viktor']
     with pytest.raises(data.VocabularyError, match=r'vocab_size=10 is too small.*at least \d+'):
         data.train_tokenizer(texts * 20, 10)
+
+
+def test_process_shards_make_the_same_global_batch_as_one_process(pairs_and_tokenizer):
+    pairs, tokenizer = pairs_and_tokenizer
+    kw = dict(pack=True, num_shards=2)
+    lengths = data.Lengths(36, 24)
+    whole = data.ShardedBatches(pairs, tokenizer, lengths, 4, 0, **kw)
+    halves = [data.ShardedBatches(pairs, tokenizer, lengths, 4, 0, process_index=p,
+                                  process_count=2, **kw) for p in range(2)]
+    for _ in range(3):
+        want = next(whole)
+        got = [next(h) for h in halves]
+        assert want['inputs'].shape == (8, 36)
+        for key in want:  # process 0's rows, then process 1's
+            np.testing.assert_array_equal(want[key], np.concatenate([g[key] for g in got]))
+    # Per-shard state: what one process saved, two processes resume from (and vice versa).
+    state = whole.get_state()
+    assert sorted(state['shards']) == ['0', '1']
+    expected = next(whole)
+    second = data.ShardedBatches(pairs, tokenizer, lengths, 4, 0, process_index=1,
+                                 process_count=2, **kw)
+    second.set_state(state)
+    np.testing.assert_array_equal(next(second)['inputs'], expected['inputs'][4:])
+    with pytest.raises(ValueError, match='another data.input_shards'):
+        data.ShardedBatches(pairs, tokenizer, lengths, 4, 0, pack=True, num_shards=4).set_state(state)

@@ -1,0 +1,166 @@
+"""The benchmark suite: ``python -m benchmarks`` (or ``make bench``).
+
+    python -m benchmarks                          # every case
+    python -m benchmarks --cases train_small      # cases whose name starts with one of these
+    BENCH_OUT=bench.jsonl python -m benchmarks    # also append one JSON line per case
+
+Each case runs in its own process (its own peak memory, no state carried over), one after
+the other. The matmul peaks are measured in the same run, so utilization (MFU) and the
+ratios to the PyTorch peer come from side-by-side numbers on the same, possibly busy,
+machine. Compile time is excluded from step times (median of timed steps after warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> (implementation, function, keyword arguments)
+CASES = {'matmul_peaks': ('jax', 'matmul_peaks', {})}
+for _size in ('small', 'base'):
+    for _dtype in ('float32', 'bfloat16'):
+        for _dropout in (0.1, 0.0):
+            _suffix = '' if _dropout else '_nodropout'
+            CASES[f'train_{_size}_{_dtype}{_suffix}'] = (
+                'jax', 'train_step', dict(size=_size, dtype=_dtype, dropout=_dropout))
+        CASES[f'torch_train_{_size}_{_dtype}'] = (
+            'torch', 'train_step', dict(size=_size, dtype=_dtype, dropout=0.1))
+for _kind in ('beam', 'greedy'):
+    for _dtype in ('float32', 'bfloat16'):
+        CASES[f'{_kind}_small_{_dtype}'] = ('jax', 'decoding', dict(kind=_kind, dtype=_dtype))
+CASES['input_pipeline'] = ('jax', 'input_pipeline', {})
+
+
+def run_case(name: str, multi30k_dir: str) -> dict:
+    """Runs one case in a fresh process; returns its measurements (or its error)."""
+    impl, _, kwargs = CASES[name]
+    if name == 'input_pipeline' and not os.path.isdir(multi30k_dir or ''):
+        return {'case': name, 'skipped': f'no Multi30k folder (--multi30k_dir={multi30k_dir!r})'}
+    cmd = [sys.executable, '-m', 'benchmarks', '--worker', name, '--multi30k_dir', multi30k_dir]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
+    if out.returncode or not lines:
+        tail = (out.stderr.strip().splitlines() or ['(no output)'])[-1]
+        return {'case': name, 'error': tail}
+    result = json.loads(lines[-1][len('RESULT '):])
+    result.update(case=name, impl=impl, **kwargs, wall_s=time.perf_counter() - start)
+    return result
+
+
+def worker(name: str, multi30k_dir: str) -> None:
+    impl, function, kwargs = CASES[name]
+    if name == 'input_pipeline':
+        kwargs = dict(manual_dir=multi30k_dir)
+    if impl == 'torch':
+        from benchmarks import torch_peer as module
+    else:
+        from benchmarks import jax_cases as module
+    print('RESULT ' + json.dumps(getattr(module, function)(**kwargs)), flush=True)
+
+
+def add_utilization(results: list[dict]) -> None:
+    """MFU against both matmul peaks of this run, and the ratios the issue asks for."""
+    peaks = next((r for r in results if r['case'] == 'matmul_peaks' and 'error' not in r), None)
+    for r in results:
+        if peaks and 'model_flops' in r:
+            achieved = r['model_flops'] / r['step_s'] / 1e9
+            r['gflops'] = achieved
+            r['mfu_vs_float32_peak'] = achieved / peaks['peak_gflops_float32']
+            r['mfu_vs_bfloat16_peak'] = achieved / peaks['peak_gflops_bfloat16']
+
+
+def ratios(results: list[dict]) -> list[str]:
+    by = {r['case']: r for r in results if 'tokens_per_s' in r}
+    lines = []
+    for size in ('small', 'base'):
+        ours = [by[k] for k in (f'train_{size}_float32', f'train_{size}_bfloat16') if k in by]
+        peers = [by[k] for k in (f'torch_train_{size}_float32', f'torch_train_{size}_bfloat16')
+                 if k in by]
+        if ours and peers:
+            def rate(r):
+                return r['tokens_per_s']
+            best, peer = max(ours, key=rate), max(peers, key=rate)
+            lines.append(f'train {size}: ours {best["tokens_per_s"]:,.0f} tok/s ({best["dtype"]}) / '
+                         f'PyTorch {peer["tokens_per_s"]:,.0f} tok/s ({peer["dtype"]}) = '
+                         f'{best["tokens_per_s"] / peer["tokens_per_s"]:.2f}x')
+    pipe = next((r for r in results if r['case'] == 'input_pipeline' and 'examples_per_s' in r), None)
+    if pipe and 'train_small_float32' in by:
+        consumed = 64 / by['train_small_float32']['step_s']  # examples per second
+        lines.append(f'input pipeline (one core): {pipe["examples_per_s"]:,.0f} examples/s = '
+                     f'{pipe["examples_per_s"] / consumed:.1f}x what the small float32 train step '
+                     f'consumes ({consumed:,.0f}/s)')
+    return lines
+
+
+def table(results: list[dict]) -> str:
+    head = ('case', 'step ms', 'tok/s', 'MFU f32', 'MFU bf16', 'compile s', 'peak MiB')
+    rows = [head]
+    for r in results:
+        if 'error' in r or 'skipped' in r:
+            rows.append((r['case'], r.get('error') or r['skipped'], '', '', '', '', ''))
+            continue
+        if r['case'] == 'matmul_peaks':
+            rows.append(('matmul 4096^3 GFLOP/s', f'f32 {r["peak_gflops_float32"]:.0f}',
+                         f'bf16 {r["peak_gflops_bfloat16"]:.0f}', '', '', '', ''))
+            continue
+        rate = r.get('tokens_per_s') or r.get('examples_per_s')
+        rows.append((r['case'], f'{1000 * r["step_s"]:.1f}',
+                     f'{rate:,.0f}' + ('' if 'tokens_per_s' in r else ' ex/s'),
+                     f'{100 * r["mfu_vs_float32_peak"]:.0f}%' if 'mfu_vs_float32_peak' in r else '',
+                     f'{100 * r["mfu_vs_bfloat16_peak"]:.0f}%' if 'mfu_vs_bfloat16_peak' in r else '',
+                     f'{r["compile_s"]:.1f}' if 'compile_s' in r else '',
+                     f'{r["peak_rss_mib"]:,.0f}'))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--cases', default='', help='comma-separated name prefixes; '
+                        f'default all: {", ".join(CASES)}')
+    parser.add_argument('--multi30k_dir', default=os.environ.get('MULTI30K_DIR', ''),
+                        help='raw Multi30k files, for the input_pipeline case')
+    parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.multi30k_dir)
+
+    prefixes = [p for p in args.cases.split(',') if p]
+    unknown = [p for p in prefixes if not any(name.startswith(p) for name in CASES)]
+    if unknown:
+        raise SystemExit(f'Unknown case(s) {unknown}; valid: {", ".join(CASES)}')
+    names = [n for n in CASES if not prefixes or any(n.startswith(p) for p in prefixes)]
+    if 'matmul_peaks' not in names:
+        names.insert(0, 'matmul_peaks')  # every run measures its own peaks
+    out_path = os.environ.get('BENCH_OUT')
+    results = []
+    for name in names:
+        print(f'[{len(results) + 1}/{len(names)}] {name} ...', end=' ', flush=True)
+        result = run_case(name, args.multi30k_dir)
+        results.append(result)
+        print(result.get('error') or result.get('skipped') or f'{result.get("wall_s", 0):.0f} s',
+              flush=True)
+    add_utilization(results)
+    machine = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+               'time': time.strftime('%Y-%m-%dT%H:%M:%S')}
+    print()
+    print(table(results))
+    for line in ratios(results):
+        print(line)
+    if out_path:
+        with open(out_path, 'a') as f:
+            for r in results:
+                f.write(json.dumps({**machine, **r}) + '\n')
+        print(f'wrote {len(results)} JSON lines to {out_path}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,122 @@
+"""The JAX cases: matmul peaks, train steps, beam search and greedy decoding, input pipeline.
+
+Each function returns a dict of measurements; ``benchmarks/__main__.py`` runs each in its
+own process and adds MFU against the peaks measured in the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from benchmarks.common import DECODE_SIZE, TRAIN_SIZES, median_seconds, peak_rss_mib
+from benchmarks.flops import train_flops
+from transformer import decode, train_lib
+from transformer.data import BOS_ID
+from transformer.model import EncoderDecoder, ModelConfig
+
+
+def matmul_peaks(repeats: int = 5) -> dict:
+    """GFLOP/s of a 4096^3 jnp.dot: float32, and bfloat16 inputs with float32 accumulation."""
+    n = 4096
+    out = {}
+    key = jax.random.key(0)
+    for name, dtype in (('float32', jnp.float32), ('bfloat16', jnp.bfloat16)):
+        a = jax.random.normal(key, (n, n), jnp.float32).astype(dtype)
+        b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), jnp.float32).astype(dtype)
+        dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+        seconds = median_seconds(lambda: dot(a, b).block_until_ready(), warmup=1, repeats=repeats)
+        out[f'peak_gflops_{name}'] = 2 * n ** 3 / seconds / 1e9
+    return out
+
+
+def _synthetic_batch(batch: int, src_len: int, tgt_len: int, vocab: int) -> dict:
+    """Random tokens, no padding (as in the issue's table)."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(4, vocab, (batch, tgt_len)).astype(np.int32)
+    decoder_inputs = np.concatenate([np.full((batch, 1), BOS_ID, np.int32), targets[:, :-1]], 1)
+    return {'inputs': jnp.asarray(rng.integers(4, vocab, (batch, src_len)).astype(np.int32)),
+            'targets': jnp.asarray(targets), 'decoder_inputs': jnp.asarray(decoder_inputs)}
+
+
+def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeats: int = 5) -> dict:
+    """One optimizer step (forward, backward, Adam) of our model on a synthetic batch."""
+    variant, vocab, batch, src_len, tgt_len = TRAIN_SIZES[size]
+    cfg = ModelConfig.make(variant, vocab, dropout_rate=dropout, dtype=dtype)
+    model = EncoderDecoder(cfg, rngs=nnx.Rngs(0))
+    optimizer = train_lib.make_optimizer(1e-4, 100)
+    graphdef, state = train_lib.init_state(model, optimizer)
+    step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=0.1, dropout_seed=0)
+    data = _synthetic_batch(batch, src_len, tgt_len, vocab)
+    start = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    compile_s = time.perf_counter() - start
+    holder = {'state': state}
+
+    def run():
+        holder['state'], sums = compiled(holder['state'], data)
+        jax.block_until_ready(sums)
+
+    seconds = median_seconds(run, warmup=warmup, repeats=repeats)
+    return {'step_s': seconds, 'tokens_per_s': batch * tgt_len / seconds, 'compile_s': compile_s,
+            'model_flops': train_flops(variant, vocab, src_len, tgt_len, batch),
+            'peak_rss_mib': peak_rss_mib()}
+
+
+def decoding(kind: str, dtype: str, *, warmup: int = 1, repeats: int = 3) -> dict:
+    """Beam search (beam 4, alpha 0.6) or greedy decoding run to full length.
+
+    An EOS id no token can take (-1) keeps every hypothesis going to ``max_len``, so every
+    run generates exactly batch x 32 tokens (beam: per sentence, not per beam).
+    """
+    variant, vocab, batch, src_len, tgt_len = DECODE_SIZE
+    model = EncoderDecoder(ModelConfig.make(variant, vocab, dropout_rate=0.0, dtype=dtype),
+                           rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    src = _synthetic_batch(batch, src_len, tgt_len, vocab)['inputs']
+
+    def run_decoder(params, src):
+        m = nnx.merge(graphdef, params)
+        if kind == 'beam':
+            return decode.model_beam_search(m, src, beam_size=4, alpha=0.6, bos_id=BOS_ID,
+                                            eos_id=-1, max_len=tgt_len)
+        return decode.greedy_decode(m, src, bos_id=BOS_ID, eos_id=-1, max_len=tgt_len)
+
+    start = time.perf_counter()
+    compiled = jax.jit(run_decoder).lower(params, src).compile()
+    compile_s = time.perf_counter() - start
+    seconds = median_seconds(lambda: compiled(params, src).block_until_ready(),
+                             warmup=warmup, repeats=repeats)
+    return {'step_s': seconds, 'tokens_per_s': batch * tgt_len / seconds,
+            'compile_s': compile_s, 'peak_rss_mib': peak_rss_mib()}
+
+
+def input_pipeline(manual_dir: str, *, batches: int = 30) -> dict:
+    """Multi30k training batches per second: tokenize, filter, pack 32 rows of 64 + 64.
+
+    The process is pinned to one core first, so this is what one core supplies.
+    """
+    import os
+
+    from configs import multi30k
+    from transformer import data, tasks
+
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    config = multi30k.get_config()
+    pairs = tasks.load_splits('multi30k', '', manual_dir=manual_dir)['train']
+    tokenizer = data.train_tokenizer((t for pair in pairs[:10000] for t in pair), 8000)
+    lengths = data.Lengths(config.data.max_source_length, config.data.max_target_length)
+    iterator = iter(data.train_dataset(pairs, tokenizer, lengths, config.train.batch_size, seed=0))
+    next(iterator)  # start-up (threads, first shuffle) excluded
+    start = time.perf_counter()
+    examples = 0
+    for _ in range(batches):
+        batch = next(iterator)
+        examples += int(np.sum(np.max(batch['targets_segment_ids'], axis=1)))
+    seconds = (time.perf_counter() - start) / batches
+    return {'step_s': seconds, 'batches_per_s': 1 / seconds,
+            'examples_per_s': examples / batches / seconds, 'peak_rss_mib': peak_rss_mib()}

@@ -1,0 +1,57 @@
+"""The benchmark suite's arithmetic and plumbing (the timed runs themselves live in `make bench`)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks import flops
+from benchmarks.__main__ import CASES, add_utilization, ratios
+from conftest import ROOT
+
+
+def test_forward_flops_count_each_matmul_once():
+    # small: d=256, d_ff=1024, 3+3 layers; source and target of 32 tokens; vocab 8192.
+    d, f, s, t, v = 256, 1024, 32, 32, 8192
+    encoder = 3 * (4 * s * d * d + 2 * s * s * d + 2 * s * d * f)
+    decoder = 3 * (4 * t * d * d + 2 * t * t * d + 2 * t * d * d + 2 * s * d * d
+                   + 2 * t * s * d + 2 * t * d * f)
+    assert flops.forward_flops('small', v, s, t) == 2 * (encoder + decoder + t * d * v)
+    assert flops.train_flops('small', v, s, t, 64) == 3 * 64 * flops.forward_flops('small', v, s, t)
+
+
+def test_utilization_and_ratios_use_the_peaks_of_the_same_run():
+    results = [{'case': 'matmul_peaks', 'peak_gflops_float32': 100.0, 'peak_gflops_bfloat16': 200.0},
+               {'case': 'train_small_float32', 'dtype': 'float32', 'step_s': 2.0,
+                'tokens_per_s': 1024.0, 'model_flops': 100e9},
+               {'case': 'torch_train_small_bfloat16', 'dtype': 'bfloat16', 'step_s': 4.0,
+                'tokens_per_s': 512.0, 'model_flops': 100e9}]
+    add_utilization(results)
+    assert results[1]['mfu_vs_float32_peak'] == 0.5 and results[1]['mfu_vs_bfloat16_peak'] == 0.25
+    assert ratios(results) == ['train small: ours 1,024 tok/s (float32) / PyTorch 512 tok/s '
+                               '(bfloat16) = 2.00x']
+
+
+def test_every_case_the_issue_names_exists():
+    for size in ('small', 'base'):
+        for dtype in ('float32', 'bfloat16'):
+            assert {f'train_{size}_{dtype}', f'train_{size}_{dtype}_nodropout',
+                    f'torch_train_{size}_{dtype}'} <= set(CASES)
+    assert {'beam_small_float32', 'greedy_small_bfloat16', 'input_pipeline'} <= set(CASES)
+
+
+def test_unknown_case_is_named():
+    out = subprocess.run([sys.executable, '-m', 'benchmarks', '--cases', 'train_huge'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "Unknown case(s) ['train_huge']" in out.stderr
+
+
+def test_a_decoding_case_runs_and_writes_json(tmp_path):
+    out_file = tmp_path / 'bench.jsonl'
+    out = subprocess.run([sys.executable, '-m', 'benchmarks', '--cases', 'greedy_small_float32'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, BENCH_OUT=str(out_file)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [r['case'] for r in records] == ['matmul_peaks', 'greedy_small_float32']
+    assert records[0]['peak_gflops_float32'] > 0 and records[1]['tokens_per_s'] > 0

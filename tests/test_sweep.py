@@ -1,0 +1,89 @@
+"""Sweeps: trial generation, and sweep.py end to end on the tiny config (one trial fails)."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from test_end_to_end import data_dir  # noqa: F401  (a fixture)
+
+from conftest import ROOT
+from transformer import sweeps
+
+SWEEP_CONFIG = '''
+from configs import default
+
+
+def get_config(arg=None):
+    return default.get_config('tiny')
+
+
+def get_sweep(arg=None):
+    # The second trial names a model size that does not exist: it must fail alone.
+    return [{'train.learning_rate': 0.002}, {'model.variant': 'huge'}]
+'''
+
+
+def test_grid_is_every_combination_and_random_search_is_seeded():
+    trials = sweeps.grid(**{'train.learning_rate': [1e-3, 2e-3], 'train.warmup_steps': [1, 2, 3]})
+    assert len(trials) == 6 and {'train.learning_rate': 2e-3, 'train.warmup_steps': 3} in trials
+    space = {'train.learning_rate': sweeps.LogUniform(1e-4, 1e-2),
+             'model.dropout_rate': sweeps.Uniform(0.0, 0.3),
+             'model.variant': sweeps.Choice(('tiny', 'mini'))}
+    first, again = sweeps.random_search(20, 0, **space), sweeps.random_search(20, 0, **space)
+    assert first == again != sweeps.random_search(20, 1, **space)
+    assert all(1e-4 <= t['train.learning_rate'] <= 1e-2 and 0 <= t['model.dropout_rate'] <= 0.3
+               for t in first)
+    assert {t['model.variant'] for t in first} == {'tiny', 'mini'}
+    assert sweeps.trial_name(trials[0]) == 'learning_rate=0.001,warmup_steps=1'
+    assert sweeps.flags(trials[0]) == ['--config.train.learning_rate=0.001',
+                                       '--config.train.warmup_steps=1']
+
+
+def sweep(tmp_path, data_dir, *extra):  # noqa: F811
+    config = tmp_path / 'sweep_config.py'
+    config.write_text(SWEEP_CONFIG)
+    cmd = [sys.executable, 'sweep.py', '--config', str(config), '--workdir',
+           str(tmp_path / 'sweep'), f'--extra=data.data_dir={data_dir}', *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_sweep_runs_records_a_failure_and_resumes(tmp_path, data_dir):  # noqa: F811
+    out = sweep(tmp_path, data_dir, '--metric', 'validation_accuracy')
+    assert out.returncode == 0, out.stderr[-3000:]
+    with open(tmp_path / 'sweep' / 'results.csv') as f:
+        rows = {row['trial']: row for row in csv.DictReader(f)}
+    assert set(rows) == {'learning_rate=0.002', 'variant=huge'}
+    good, bad = rows['learning_rate=0.002'], rows['variant=huge']
+    assert good['status'] == 'done' and float(good['validation_accuracy']) > 0
+    assert good['bleu'] != ''  # eval.py ran on the validation split
+    assert bad['status'] == 'failed' and 'model.variant' in bad['error']
+    table = (tmp_path / 'sweep' / 'results.md').read_text()
+    assert table.index('learning_rate') < table.index('0.002') < table.index('huge')
+    assert (tmp_path / 'sweep' / 'sweep.png').stat().st_size > 0
+
+    again = sweep(tmp_path, data_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'learning_rate=0.002: done before, skipped' in again.stdout
+    assert 'variant=huge: failed before, skipped' in again.stdout
+
+
+def test_dry_run_prints_one_command_per_trial(tmp_path, data_dir):  # noqa: F811
+    out = sweep(tmp_path, data_dir, '--dry_run')
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith('python train.py --config ')
+    assert '--config.train.learning_rate=0.002' in lines[0] and '&& python eval.py' in lines[0]
+    assert '--config.model.variant=huge' in lines[1]
+    assert not (tmp_path / 'sweep').exists()  # nothing ran
+
+
+def test_optuna_study_records_its_trials(tmp_path, data_dir):  # noqa: F811
+    pytest.importorskip('optuna')
+    out = sweep(tmp_path, data_dir, '--mode', 'optuna', '--n_trials', '2', '--noeval')
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.path.exists(tmp_path / 'sweep' / 'study.db')
+    with open(tmp_path / 'sweep' / 'results.csv') as f:
+        assert len(list(csv.DictReader(f))) == 2
