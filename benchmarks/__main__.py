@@ -38,14 +38,17 @@ for _kind in ('beam', 'greedy'):
 CASES['input_pipeline'] = ('jax', 'input_pipeline', {})
 
 
-def run_case(name: str, multi30k_dir: str) -> dict:
+def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
     """Runs one case in a fresh process; returns its measurements (or its error)."""
     impl, _, kwargs = CASES[name]
     if name == 'input_pipeline' and not os.path.isdir(multi30k_dir or ''):
         return {'case': name, 'skipped': f'no Multi30k folder (--multi30k_dir={multi30k_dir!r})'}
     cmd = [sys.executable, '-m', 'benchmarks', '--worker', name, '--multi30k_dir', multi30k_dir]
     start = time.perf_counter()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {'case': name, 'error': f'not finished in {timeout_s:.0f} s (--timeout_s)'}
     lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
     if out.returncode or not lines:
         tail = (out.stderr.strip().splitlines() or ['(no output)'])[-1]
@@ -128,6 +131,8 @@ def main() -> None:
                         f'default all: {", ".join(CASES)}')
     parser.add_argument('--multi30k_dir', default=os.environ.get('MULTI30K_DIR', ''),
                         help='raw Multi30k files, for the input_pipeline case')
+    parser.add_argument('--timeout_s', type=float, default=300.0,
+                        help='a case still running after this long is recorded as unfinished')
     parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -144,7 +149,7 @@ def main() -> None:
     results = []
     for name in names:
         print(f'[{len(results) + 1}/{len(names)}] {name} ...', end=' ', flush=True)
-        result = run_case(name, args.multi30k_dir)
+        result = run_case(name, args.multi30k_dir, args.timeout_s)
         results.append(result)
         print(result.get('error') or result.get('skipped') or f'{result.get("wall_s", 0):.0f} s',
               flush=True)
