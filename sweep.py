@@ -197,6 +197,7 @@ def plot(rows: list[dict], keys: list[str]) -> None:
         ax.scatter(xs if numeric else [str(x) for x in xs], [r[FLAGS.metric] for r in rows_with])
         if numeric and min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale('log')
+        ax.tick_params(axis='x', labelrotation=30)
         ax.set_xlabel(key)
         ax.set_ylabel(FLAGS.metric)
     fig.tight_layout()
