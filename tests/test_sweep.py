@@ -68,6 +68,14 @@ def test_sweep_runs_records_a_failure_and_resumes(tmp_path, data_dir):  # noqa: 
     assert 'learning_rate=0.002: done before, skipped' in again.stdout
     assert 'variant=huge: failed before, skipped' in again.stdout
 
+    # A trial interrupted before it finished (no trial.json yet) resumes from its checkpoint.
+    trial_dir = tmp_path / 'sweep' / 'learning_rate=0.002'
+    (trial_dir / 'trial.json').unlink()
+    resumed = sweep(tmp_path, data_dir, '--noeval')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'learning_rate=0.002: done in' in resumed.stdout
+    assert 'Already trained to step 20' in (trial_dir / 'train.log').read_text()
+
 
 def test_dry_run_prints_one_command_per_trial(tmp_path, data_dir):  # noqa: F811
     out = sweep(tmp_path, data_dir, '--dry_run')
