@@ -12,6 +12,7 @@ stays pure and the key is part of the checkpointed train state.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -53,7 +54,7 @@ def einsum(eq: str, x: Array, w: Array, dtype: Any) -> Array:
 
 
 class Projection(nnx.Module):
-    """A linear map written as an einsum over a kernel of any rank, plus a bias.
+    """A linear map over a kernel of any rank (computed as one 2-D matmul), plus a bias.
 
     ``kernel_shape`` is split into input axes (the first ``num_in`` entries, contracted
     with the trailing axes of the input) and output axes (the rest, which the bias has).
@@ -73,13 +74,19 @@ class Projection(nnx.Module):
         self.kernel = nnx.Param(init(rngs.params(), kernel_shape, param_dtype), logical_axes=axes)
         self.bias = nnx.Param(jnp.zeros(kernel_shape[num_in:], param_dtype),
                               logical_axes=axes[num_in:]) if use_bias else None
-        letters = 'ABCDEFG'
-        ins, outs = letters[:num_in], letters[num_in:len(kernel_shape)]
-        self.equation = f'...{ins},{ins}{outs}->...{outs}'
+        self.num_in = num_in
         self.dtype = dtype
 
     def __call__(self, x: Array) -> Array:
-        y = einsum(self.equation, x, self.kernel[...], self.dtype)
+        """[..., *in_axes] -> [..., *out_axes]."""
+        kernel = self.kernel[...]
+        in_shape, out_shape = kernel.shape[:self.num_in], kernel.shape[self.num_in:]
+        lead = x.shape[:x.ndim - self.num_in]
+        # One plain 2-D matmul: XLA:CPU computes the weight gradient of a [rows, in] x
+        # [in, out] dot ~20% faster than that of the same einsum over [b, l, ...] operands.
+        y = einsum('ni,io->no', x.reshape(-1, math.prod(in_shape)),
+                   kernel.reshape(math.prod(in_shape), -1), self.dtype)
+        y = y.reshape(*lead, *out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
