@@ -161,7 +161,7 @@ def write_results(records: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
 
-    larger_is_better = sweeps.METRICS[FLAGS.metric][1]
+    larger_is_better = sweeps.METRICS[FLAGS.metric]
     scored = [r for r in rows if r[FLAGS.metric] != '']
     scored.sort(key=lambda r: r[FLAGS.metric], reverse=larger_is_better)
     unscored = [r for r in rows if r[FLAGS.metric] == '']
@@ -219,7 +219,7 @@ def run_optuna(trials: list[dict], space) -> list[dict]:
         raise SystemExit('Error: --mode optuna needs Optuna: pip install optuna') from None
     space = space or sweeps.search_space(trials)
     storage = FLAGS.study_storage or f'sqlite:///{os.path.abspath(FLAGS.workdir)}/study.db'
-    larger_is_better = sweeps.METRICS[FLAGS.metric][1]
+    larger_is_better = sweeps.METRICS[FLAGS.metric]
     study = optuna.create_study(
         study_name=os.path.basename(os.path.abspath(FLAGS.workdir)), storage=storage,
         load_if_exists=True, direction='maximize' if larger_is_better else 'minimize',

@@ -14,7 +14,7 @@ network. ``configs/default.py:tiny`` is the same task shrunk for tests (seconds)
 
 import ml_collections
 
-from transformer import sweeps
+from transformer import sharding, sweeps
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -75,8 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
     # Logical parameter axis -> mesh axis ('' = replicated).
-    config.mesh.rules = ml_collections.ConfigDict(dict(
-        embed='fsdp', mlp='tensor', heads='tensor', kv='', vocab='tensor', length=''))
+    config.mesh.rules = ml_collections.ConfigDict(sharding.DEFAULT_RULES)
 
     # Several processes (hosts): jax.distributed, on when an address is set (here or in
     # JAX_COORDINATOR_ADDRESS), or with enabled=True where JAX finds it (TPU pods, SLURM).

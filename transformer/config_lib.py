@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from transformer import model as model_lib
-from transformer import tasks, train_lib
+from transformer import sharding, tasks, train_lib
 
 
 class ConfigError(ValueError):
@@ -66,8 +66,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.data.input_shards >= 0, 'data.input_shards', config.data.input_shards,
            'expected >= 0 (0 = one shard per process)')
     for name, axis in config.mesh.rules.items():
-        _check(axis in ('', 'data', 'fsdp', 'tensor'), f'mesh.rules.{name}', axis,
-               "valid: 'data', 'fsdp', 'tensor' or '' (replicated)")
+        _check(axis in ('', *sharding.MESH_AXES), f'mesh.rules.{name}', axis,
+               f"valid: {', '.join(map(repr, sharding.MESH_AXES))} or '' (replicated)")
     _check(e.beam_size >= 1, 'eval.beam_size', e.beam_size, 'expected >= 1 (1 = greedy)')
     _check(e.length_penalty >= 0, 'eval.length_penalty', e.length_penalty, 'expected >= 0')
     _check(e.decode_length_offset >= 0, 'eval.decode_length_offset', e.decode_length_offset,

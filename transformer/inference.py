@@ -37,12 +37,23 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+def _schedule_args(t: ml_collections.ConfigDict) -> dict:
+    # Runs written before train.schedule existed used the paper's schedule.
+    return dict(decay=t.get('schedule', 'rsqrt'), total_steps=t.num_steps)
+
+
+def make_schedule(config: ml_collections.ConfigDict):
+    """The learning-rate schedule of ``config.train`` (step -> rate)."""
+    t = config.train
+    return train_lib.learning_rate_schedule(t.learning_rate, t.warmup_steps, **_schedule_args(t))
+
+
 def make_optimizer(config: ml_collections.ConfigDict):
     """The optax optimizer of ``config.train``."""
     t = config.train
     return train_lib.make_optimizer(
-        t.learning_rate, t.warmup_steps, decay=t.get('schedule', 'rsqrt'), total_steps=t.num_steps,
-        b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, grad_clip_norm=t.grad_clip_norm or None)
+        t.learning_rate, t.warmup_steps, **_schedule_args(t), b1=t.adam_b1, b2=t.adam_b2,
+        eps=t.adam_eps, grad_clip_norm=t.grad_clip_norm or None)
 
 
 def build_state(config: ml_collections.ConfigDict, vocab_size: int):

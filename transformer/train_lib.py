@@ -168,20 +168,28 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
 
+    return _jit(train_step, state_sharding, batch_sharding, sharded_output=state_sharding,
+                donate_argnums=0)
+
+
+def _jit(fn, first_sharding, batch_sharding: NamedSharding | None, *, sharded_output=None,
+         **kwargs):
+    """``jax.jit(fn)`` for ``fn(first, batch)``; on a mesh, with explicit shardings.
+
+    On a mesh the outputs are ``sharded_output`` (if given) followed by the metric sums,
+    replicated; calls run inside the mesh's context, where activation constraints apply.
+    """
     if batch_sharding is None:
-        return jax.jit(train_step, donate_argnums=0)
+        return jax.jit(fn, **kwargs)
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
-    return _on_mesh(jax.jit(train_step, donate_argnums=0,
-                            in_shardings=(state_sharding, batch_sharding),
-                            out_shardings=(state_sharding, replicated)), batch_sharding.mesh)
+    out = replicated if sharded_output is None else (sharded_output, replicated)
+    jitted = jax.jit(fn, in_shardings=(first_sharding, batch_sharding), out_shardings=out,
+                     **kwargs)
 
-
-def _on_mesh(fn, mesh):
-    """Calls ``fn`` inside ``mesh``'s context, where activation constraints apply."""
     def call(*args):
-        with jax.set_mesh(mesh):
-            return fn(*args)
-    call.jitted = fn  # for .lower(...).compile() without running
+        with jax.set_mesh(batch_sharding.mesh):
+            return jitted(*args)
+    call.jitted = jitted  # for .lower(...).compile() without running
     return call
 
 
@@ -195,11 +203,7 @@ def make_eval_step(graphdef, *, label_smoothing: float, params_sharding=None,
     def eval_step(params, batch: Batch):
         logits = _forward(graphdef, params, batch, None)
         return batch_metrics(logits, batch['targets'], label_smoothing)
-    if batch_sharding is None:
-        return jax.jit(eval_step)
-    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
-    return _on_mesh(jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
-                            out_shardings=replicated), batch_sharding.mesh)
+    return _jit(eval_step, params_sharding, batch_sharding)
 
 
 def init_state(model: nnx.Module, optimizer: optax.GradientTransformation):

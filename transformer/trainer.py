@@ -162,8 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Validation rows: rounded up to split evenly over the mesh (padding rows weigh nothing).
     rows = sharding.batch_rows_multiple(run.mesh)
     eval_rows = -(-config.eval.batch_size // rows) * rows
-    schedule = train_lib.learning_rate_schedule(t.learning_rate, t.warmup_steps, t.schedule,
-                                                t.num_steps)
+    schedule = inference.make_schedule(config)
     writer = metrics.MetricWriter(run.workdir, enabled=is_chief())
 
     # 4. The loop: step; every log_every steps log, every eval_every evaluate, every
