@@ -78,6 +78,22 @@ def test_changing_padded_source_tokens_never_changes_a_real_output(rng):
     np.testing.assert_allclose(model(junk, tgt, src_segments=segments)[real], base[real], atol=1e-5)
 
 
+def test_cross_attention_weights_are_distributions_over_real_source_tokens(rng):
+    model = make_model()
+    src = random_tokens(rng, 3, 9, min_len=2)
+    tgt = random_tokens(rng, 3, 6)
+    weights = np.asarray(model.cross_attention_weights(src, tgt))
+    cfg = model.cfg
+    assert weights.shape == (cfg.num_decoder_layers, 3, cfg.num_heads, 6, 9)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    # A real target position gives padding no weight (a padding query's row is unused).
+    padding = (tgt != 0)[None, :, None, :, None] & (src == 0)[None, :, None, None, :]
+    assert np.all(weights[np.broadcast_to(padding, weights.shape)] == 0.0)
+    # Asking for the weights does not change the decoder's output.
+    encoded = model.encode(src)
+    np.testing.assert_array_equal(
+        model.decode(tgt, encoded, (src != 0).astype(np.int32)), model(src, tgt))
+
 def test_packed_rows_equal_the_examples_run_separately(rng):
     model = make_model()
     a_src, b_src = rng.integers(4, VOCAB, 3), rng.integers(4, VOCAB, 4)

@@ -267,17 +267,29 @@ class DecoderLayer(nnx.Module):
         self.ff_block = Residual(cfg, rngs=rngs)
 
     def __call__(self, y: Array, cross_kv: tuple[Array, Array], self_mask: Array,
-                 cross_mask: Array, dropout_rng: Array | None = None) -> Array:
+                 cross_mask: Array, dropout_rng: Array | None = None, *,
+                 return_weights: bool = False):
         """Full-sequence pass (training, scoring).
 
         y: [b, t, d]; cross_kv: encoder keys/values, each [b, s, h, dh];
         self_mask: [b, 1, t, t] (causal and padding); cross_mask: [b, 1, t, s].
+        Returns [b, t, d] (and the [b, h, t, s] cross-attention weights if asked).
         """
         r = split_rng(dropout_rng, 5)
+        weights = []
+
+        def cross_attend(z):
+            out = self.cross_attention(z, cross_mask, kv=cross_kv, dropout_rng=r[2],
+                                       return_weights=return_weights)
+            if not return_weights:
+                return out
+            weights.append(out[1])
+            return out[0]
+
         y = self.self_block(y, lambda z: self.self_attention(z, self_mask, dropout_rng=r[0]), r[1])
-        y = self.cross_block(
-            y, lambda z: self.cross_attention(z, cross_mask, kv=cross_kv, dropout_rng=r[2]), r[3])
-        return constrain_batch(self.ff_block(y, self.feed_forward, r[4]))
+        y = self.cross_block(y, cross_attend, r[3])
+        y = constrain_batch(self.ff_block(y, self.feed_forward, r[4]))
+        return (y, weights[0]) if return_weights else y
 
     def step(self, y: Array, cross_kv: tuple[Array, Array], cross_mask: Array,
              cache: KVCache, index: Array) -> tuple[Array, KVCache]:

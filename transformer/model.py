@@ -188,14 +188,38 @@ class EncoderDecoder(nnx.Module):
         Returns:
           [b, t, V] float32 logits; logits[:, i] predicts the token after tgt_in[:, :i+1].
         """
+        y, _ = self._decoder_stack(tgt_in, encoded, src_segments, tgt_segments, tgt_positions,
+                                   dropout_rng)
+        return self.logits(y)
+
+    def _decoder_stack(self, tgt_in, encoded, src_segments, tgt_segments, tgt_positions,
+                       dropout_rng, return_weights: bool = False):
+        """Decoder states [b, t, d] and, if asked, each layer's cross-attention weights."""
         tgt_segments, tgt_positions = _defaults(tgt_in, tgt_segments, tgt_positions)
         rngs = layers.split_rng(dropout_rng, len(self.decoder) + 1)
         y = layers.dropout(self.target_embed(tgt_in, tgt_positions), self.cfg.dropout_rate, rngs[0])
         self_mask = attention_mask(tgt_segments, tgt_segments) & causal_mask(tgt_in.shape[1])
         cross_mask = attention_mask(tgt_segments, src_segments)
+        weights = []
         for layer, rng in zip(self.decoder, rngs[1:]):
-            y = layer(y, layer.cross_attention.project_kv(encoded), self_mask, cross_mask, rng)
-        return self.logits(y)
+            y = layer(y, layer.cross_attention.project_kv(encoded), self_mask, cross_mask, rng,
+                      return_weights=return_weights)
+            if return_weights:
+                y, w = y
+                weights.append(w)
+        return y, weights
+
+    def cross_attention_weights(self, src: Array, tgt_in: Array) -> Array:
+        """Where each target position looks in the source, per decoder layer and head.
+
+        src: [b, s], tgt_in: [b, t] (BOS + target shifted right), unpacked, no dropout.
+        Returns [layers, b, h, t, s] float32; row (l, n, h, i) sums to 1 over the source.
+        """
+        src_segments, src_positions = _defaults(src, None, None)
+        encoded = self.encode(src, src_segments, src_positions)
+        _, weights = self._decoder_stack(tgt_in, encoded, src_segments, None, None, None,
+                                         return_weights=True)
+        return jnp.stack(weights)
 
     def __call__(self, src: Array, tgt_in: Array, src_segments: Array | None = None,
                  tgt_segments: Array | None = None, src_positions: Array | None = None,
