@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/default.py
 WORKDIR ?= runs/default
 
-.PHONY: train test lint bench install install-dev install-bench clean
+.PHONY: train test lint bench figures install install-dev install-bench clean
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
@@ -40,6 +40,12 @@ test: install-dev
 CASES ?=
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks --cases "$(CASES)"
+
+## Figures of docs/transformer-networks.md from trained runs:
+## make figures [WORKDIR=runs/default] [M30K_RUNS=runs/m30k_de_en,runs/m30k_en_de]
+M30K_RUNS ?= runs/m30k_de_en,runs/m30k_en_de
+figures: install
+	$(PY) docs/make_figures.py --default_workdir $(WORKDIR) --multi30k_workdirs $(M30K_RUNS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

@@ -97,6 +97,23 @@ def test_eval_averages_the_last_checkpoints(trained, data_dir):
     assert 'tokenized_lowercased_bleu' in averaged
 
 
+def test_make_figures_draws_every_figure_from_a_trained_run(trained, data_dir, tmp_path):
+    workdir = trained[0]
+    if not (workdir / 'eval_test.json').exists():  # the BLEU chart reads eval.py's output
+        run('eval.py', *tiny(data_dir, workdir))
+    out = run('docs/make_figures.py', '--default_workdir', str(workdir),
+              '--multi30k_workdirs', str(workdir), '--out', str(tmp_path))
+    names = {'positional_encoding.png', 'learning_rate.png', 'cross_attention.png',
+             'learning_curves.png', 'bleu.png'}
+    assert {p.name for p in tmp_path.iterdir()} == names, out.stdout
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG'
+    missing = run('docs/make_figures.py', '--default_workdir', str(tmp_path / 'none'),
+                  '--multi30k_workdirs', '', '--out', str(tmp_path / 'partial'), check=False)
+    assert missing.returncode == 1 and 'train it first' in missing.stderr
+    assert sorted(os.listdir(tmp_path / 'partial')) == ['learning_rate.png',
+                                                         'positional_encoding.png']
+
 def translate(workdir, text, *args):
     cmd = [sys.executable, os.path.join(ROOT, 'translate.py'), f'--workdir={workdir}', *args]
     return subprocess.run(cmd, cwd=ROOT, input=text, capture_output=True, text=True, timeout=300)

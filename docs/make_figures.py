@@ -1,0 +1,168 @@
+"""Regenerates the figures of docs/transformer-networks.md from the code and trained runs.
+
+    make figures                      # the workdirs the README's commands write
+    python docs/make_figures.py --default_workdir runs/default \\
+        --multi30k_workdirs runs/m30k_de_en,runs/m30k_en_de --out docs/figures
+
+The positional-encoding and learning-rate figures need no run. The cross-attention figure
+needs a trained default-task workdir (``make train``); the learning curves read each run's
+``metrics.jsonl`` and the BLEU chart its ``eval_*.json`` (``eval.py`` writes them). A workdir
+that does not exist is named, and the figures that need it are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only, no display needed
+import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the configs package lives at the repository root
+
+from configs import default as default_config  # noqa: E402
+from configs import multi30k as multi30k_config  # noqa: E402
+from transformer import data, inference, metrics  # noqa: E402
+from transformer.model import sinusoidal_encoding  # noqa: E402
+
+# An example that needs reordering: German writes the day before the month.
+EXAMPLE = 'March 14, 1975'
+
+
+def save(fig, out_dir: str, name: str) -> str:
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches='tight')
+    plt.close(fig)
+    print(f'wrote {path}')
+    return path
+
+
+def positional_encoding(out_dir: str) -> str:
+    """The sinusoidal encoding of positions 0-99 for d_model = 128."""
+    pe = np.asarray(sinusoidal_encoding(jnp.arange(100), 128))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    image = ax.imshow(pe, aspect='auto', cmap='RdBu', vmin=-1, vmax=1)
+    ax.set(xlabel='channel (even: sin, odd: cos)', ylabel='position',
+           title='Sinusoidal positional encoding, d_model = 128')
+    fig.colorbar(image, ax=ax)
+    return save(fig, out_dir, 'positional_encoding.png')
+
+
+def learning_rate(out_dir: str) -> str:
+    """The schedules of configs/default.py (the paper's) and configs/multi30k.py (linear)."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, module in (('configs/default.py', default_config),
+                         ('configs/multi30k.py', multi30k_config)):
+        config = module.get_config()
+        steps = np.arange(config.train.num_steps)
+        rates = np.asarray(inference.make_schedule(config)(steps))
+        ax.plot(steps, rates, label=f'{name}: {config.train.schedule}, warmup '
+                                    f'{config.train.warmup_steps}')
+    ax.set(xlabel='step', ylabel='learning rate', title='Learning-rate schedules')
+    ax.legend()
+    return save(fig, out_dir, 'learning_rate.png')
+
+
+def load_model(workdir: str):
+    """(model, tokenizer, translator) of a trained workdir's last checkpoint."""
+    from flax import nnx
+    translator = inference.Translator.from_workdir(workdir, beam_size=1)
+    config = inference.load_config(workdir)
+    _, _, graphdef, _ = inference.build_state(config, translator.tokenizer.vocab_size)
+    return nnx.merge(graphdef, translator.params), translator.tokenizer, translator
+
+
+def cross_attention(workdir: str, out_dir: str, sentence: str = EXAMPLE) -> str:
+    """Cross-attention of each decoder layer (mean over heads) while it writes its output."""
+    model, tokenizer, translator = load_model(workdir)
+    output = translator.translate([sentence])[0]
+    src_ids = tokenizer.encode(sentence) + [data.EOS_ID]
+    tgt_ids = tokenizer.encode(output) + [data.EOS_ID]
+    weights = model.cross_attention_weights(jnp.asarray([src_ids]),
+                                            jnp.asarray([[data.BOS_ID] + tgt_ids[:-1]]))
+    weights = np.asarray(weights)[:, 0].mean(axis=1)  # [layers, t, s]
+    pieces = tokenizer.sp.id_to_piece
+
+    def label(i):
+        return '</s>' if i == data.EOS_ID else pieces(i)
+
+    layers = weights.shape[0]
+    fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers + 1, 3.6), squeeze=False,
+                             sharey=True)
+    for n, ax in enumerate(axes[0]):
+        ax.imshow(weights[n], cmap='Greys', vmin=0, vmax=1)
+        ax.set_xticks(range(len(src_ids)), [label(i) for i in src_ids], rotation=60)
+        ax.set_yticks(range(len(tgt_ids)), [label(i) for i in tgt_ids])
+        ax.set_title(f'decoder layer {n + 1}')
+    axes[0][0].set_ylabel(f'output: {output}')
+    fig.suptitle(f'Cross-attention, mean over heads: "{sentence}"')
+    return save(fig, out_dir, 'cross_attention.png')
+
+
+def learning_curves(workdirs: list[str], out_dir: str) -> str:
+    """Validation loss (label-smoothed cross-entropy) against training step, per run."""
+    fig, axes = plt.subplots(1, len(workdirs), figsize=(5 * len(workdirs), 3.5), squeeze=False)
+    for ax, workdir in zip(axes[0], workdirs):
+        records = metrics.read_metrics(workdir)
+        for split, style in (('train', '-'), ('validation', 'o-')):
+            rows = [r for r in records if r['split'] == split]
+            ax.plot([r['step'] for r in rows], [r['nll'] for r in rows], style, label=split)
+        ax.set(xlabel='step', ylabel='per-token negative log-likelihood', yscale='log',
+               title=os.path.basename(os.path.normpath(workdir)))
+        ax.legend()
+    return save(fig, out_dir, 'learning_curves.png')
+
+
+def bleu_chart(workdirs: list[str], out_dir: str) -> str:
+    """sacreBLEU of every ``eval_*.json`` in the workdirs, one bar each."""
+    labels, scores = [], []
+    for workdir in workdirs:
+        for path in sorted(glob.glob(os.path.join(workdir, 'eval_*.json'))):
+            with open(path) as f:
+                result = json.load(f)
+            run = os.path.basename(os.path.normpath(workdir))
+            labels.append(f'{run}\n{os.path.basename(path)[5:-5]}')
+            scores.append(result['sacrebleu'])
+    fig, ax = plt.subplots(figsize=(1.6 * max(len(scores), 2) + 1, 3.5))
+    bars = ax.bar(range(len(scores)), scores, color='tab:blue')
+    ax.bar_label(bars, fmt='%.2f')
+    ax.set_xticks(range(len(scores)), labels, fontsize=8)
+    ax.set(ylabel='sacreBLEU', title='Test-set sacreBLEU (beam 4, alpha 0.6)')
+    return save(fig, out_dir, 'bleu.png')
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--default_workdir', default='runs/default')
+    parser.add_argument('--multi30k_workdirs', default='runs/m30k_de_en,runs/m30k_en_de',
+                        help='comma-separated Multi30k workdirs (learning curves, BLEU)')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'figures'))
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    positional_encoding(args.out)
+    learning_rate(args.out)
+    runs = [args.default_workdir] + [w for w in args.multi30k_workdirs.split(',') if w]
+    missing = [w for w in runs if not os.path.isfile(os.path.join(w, 'metrics.jsonl'))]
+    for workdir in missing:
+        print(f'{workdir}: not a trained workdir; train it first (see the README), '
+              'its figures are skipped', file=sys.stderr)
+    if args.default_workdir not in missing:
+        cross_attention(args.default_workdir, args.out)
+    present = [w for w in runs if w not in missing]
+    if present:
+        learning_curves(present, args.out)
+        bleu_chart(present, args.out)
+    return 1 if missing else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
