@@ -72,18 +72,12 @@ def learning_rate(out_dir: str) -> str:
     return save(fig, out_dir, 'learning_rate.png')
 
 
-def load_model(workdir: str):
-    """(model, tokenizer, translator) of a trained workdir's last checkpoint."""
-    from flax import nnx
-    translator = inference.Translator.from_workdir(workdir, beam_size=1)
-    config = inference.load_config(workdir)
-    _, _, graphdef, _ = inference.build_state(config, translator.tokenizer.vocab_size)
-    return nnx.merge(graphdef, translator.params), translator.tokenizer, translator
-
-
 def cross_attention(workdir: str, out_dir: str, sentence: str = EXAMPLE) -> str:
-    """Cross-attention of each decoder layer (mean over heads) while it writes its output."""
-    model, tokenizer, translator = load_model(workdir)
+    """Cross-attention of each decoder layer (mean over heads) while it reads its own
+    beam-search translation of ``sentence`` (the run's eval settings, last checkpoint)."""
+    from flax import nnx
+    translator = inference.Translator.from_workdir(workdir)
+    model, tokenizer = nnx.merge(translator.graphdef, translator.params), translator.tokenizer
     output = translator.translate([sentence])[0]
     src_ids = tokenizer.encode(sentence) + [data.EOS_ID]
     tgt_ids = tokenizer.encode(output) + [data.EOS_ID]

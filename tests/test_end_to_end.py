@@ -114,6 +114,7 @@ def test_make_figures_draws_every_figure_from_a_trained_run(trained, data_dir, t
     assert sorted(os.listdir(tmp_path / 'partial')) == ['learning_rate.png',
                                                          'positional_encoding.png']
 
+
 def translate(workdir, text, *args):
     cmd = [sys.executable, os.path.join(ROOT, 'translate.py'), f'--workdir={workdir}', *args]
     return subprocess.run(cmd, cwd=ROOT, input=text, capture_output=True, text=True, timeout=300)

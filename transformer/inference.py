@@ -110,7 +110,7 @@ class Translator:
             raise FileNotFoundError(f'No such workdir: {workdir}; train first: '
                                     f'python train.py --config CONFIG --workdir {workdir}')
         self.tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
-        _, _, graphdef, state = build_state(config, self.tokenizer.vocab_size)
+        _, _, self.graphdef, state = build_state(config, self.tokenizer.vocab_size)
         ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
         self.params, self.steps = restore_params(ckpt, state.params, average_last)
         e = config.eval
@@ -120,7 +120,7 @@ class Translator:
             raise ValueError(f'beam_size={self.beam_size}; expected >= 1')
         self.max_source_length = config.data.max_source_length
         self.batch_size = e.batch_size
-        self._decode = make_decoder(graphdef, max_decode_len=e.max_decode_len,
+        self._decode = make_decoder(self.graphdef, max_decode_len=e.max_decode_len,
                                     beam_size=self.beam_size, alpha=self.alpha,
                                     length_offset=e.decode_length_offset or None)
         steps = (f'average of steps {self.steps}' if len(self.steps) > 1

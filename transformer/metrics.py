@@ -74,9 +74,18 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The records of ``workdir/metrics.jsonl``, oldest first."""
+    """The records of ``workdir/metrics.jsonl``, oldest first.
+
+    Safe to call while the run writes: a last line still being written is left out.
+    """
     path = os.path.join(workdir, 'metrics.jsonl')
     if not os.path.exists(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if not line.endswith('\n'):  # the line being written right now
+                break
+            if line.strip():
+                records.append(json.loads(line))
+    return records

@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from transformer import metrics
+
 Trial = dict[str, object]   # config path -> value
 
 # metric name -> whether larger is better (validation_*: metrics.jsonl; the others:
@@ -100,18 +102,18 @@ def flags(trial: Trial) -> list[str]:
     return [f'--config.{key}={format_value(value)}' for key, value in trial.items()]
 
 
+def _validation_records(trial_dir: str) -> list[dict]:
+    return [r for r in metrics.read_metrics(trial_dir) if r.get('split') == 'validation']
+
+
 def read_metrics(trial_dir: str) -> dict[str, float]:
     """What a finished trial got: its last validation record and its validation scores."""
     out: dict[str, float] = {}
-    path = os.path.join(trial_dir, 'metrics.jsonl')
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                record = json.loads(line)
-                if record.get('split') == 'validation':
-                    out.update(step=record['step'], validation_loss=record['loss'],
-                               validation_accuracy=record['accuracy'],
-                               validation_perplexity=record['perplexity'])
+    records = _validation_records(trial_dir)
+    if records:
+        last = records[-1]
+        out.update(step=last['step'], validation_loss=last['loss'],
+                   validation_accuracy=last['accuracy'], validation_perplexity=last['perplexity'])
     path = os.path.join(trial_dir, 'eval_validation.json')
     if os.path.exists(path):
         with open(path) as f:
@@ -122,17 +124,7 @@ def read_metrics(trial_dir: str) -> dict[str, float]:
 
 def validation_curve(trial_dir: str, metric: str) -> list[tuple[int, float]]:
     """(step, value) of a validation metric so far, read while the trial trains."""
-    path = os.path.join(trial_dir, 'metrics.jsonl')
-    if not metric.startswith('validation_') or not os.path.exists(path):
+    if not metric.startswith('validation_'):
         return []
     field = metric[len('validation_'):]
-    curve = []
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # the line being written right now
-                continue
-            if record.get('split') == 'validation':
-                curve.append((record['step'], record[field]))
-    return curve
+    return [(r['step'], r[field]) for r in _validation_records(trial_dir)]
