@@ -136,6 +136,39 @@ def test_dropout_changes_training_outputs_but_not_evaluation(rng):
     assert not np.allclose(a, b)
 
 
+
+@pytest.mark.parametrize('rate', [0.1, 0.3, 0.5])
+@pytest.mark.parametrize('shape', [(64, 33, 256), (8, 4, 31, 7)])
+def test_dropout_drops_its_rate_keeps_the_mean_and_decides_each_element_independently(rate,
+                                                                                      shape):
+    x = jnp.ones(shape)
+    y = np.asarray(layers.dropout(x, rate, jax.random.key(0)))
+    assert y.shape == shape
+    used = layers.dropout_threshold(rate) / 256
+    assert abs(used - rate) <= 1 / 512
+    dropped = y == 0
+    n = dropped.size
+    assert abs(dropped.mean() - used) < 5 * np.sqrt(used * (1 - used) / n)   # 5 sigma
+    np.testing.assert_allclose(y[~dropped], 1 / (1 - used), rtol=1e-6)
+    np.testing.assert_allclose(y.mean(), 1.0, atol=5 * np.sqrt(used / (1 - used) / n))
+    # The four bytes of a random word decide four neighbouring elements: they must not be
+    # correlated, and no column (byte position or padding) may be dropped more than others.
+    flat = dropped.reshape(-1, shape[-1])
+    both = (flat[:, :-1] & flat[:, 1:]).mean()
+    assert abs(both - used ** 2) < 5 * np.sqrt(used ** 2 * (1 - used ** 2) / flat[:, 1:].size)
+    per_column = flat.mean(0)
+    assert np.all(np.abs(per_column - used) < 6 * np.sqrt(used * (1 - used) / flat.shape[0]))
+    other = np.asarray(layers.dropout(x, rate, jax.random.key(1))) == 0
+    assert (other != dropped).any()
+
+
+def test_dropout_keeps_dtype_and_rejects_a_rate_outside_0_1():
+    x = jnp.ones((4, 8), jnp.bfloat16)
+    assert layers.dropout(x, 0.1, jax.random.key(0)).dtype == jnp.bfloat16
+    assert layers.dropout(x, 0.0, jax.random.key(0)) is x
+    with pytest.raises(ValueError, match='dropout rate'):
+        layers.dropout(x, 1.0, jax.random.key(0))
+
 def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(rng):
     model = make_model(dtype='bfloat16')
     params = nnx.state(model, nnx.Param)

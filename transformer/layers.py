@@ -35,12 +35,35 @@ def split_rng(rng: Array | None, n: int) -> list[Array | None]:
     return list(jax.random.split(rng, n))
 
 
+def dropout_threshold(rate: float) -> int:
+    """The byte value below which ``dropout`` drops an element: ``rate`` in 1/256 steps."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f'dropout rate must be in [0, 1), got {rate}')
+    return min(round(rate * 256), 255)
+
+
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:
-    """Inverted dropout: zeroes a fraction ``rate`` of ``x`` and rescales the rest."""
+    """Inverted dropout: zeroes a fraction ``rate`` of ``x`` and rescales the rest.
+
+    Each element's keep/drop decision compares one random byte with
+    ``dropout_threshold(rate)``, so the rate used is rounded to a multiple of 1/256 (0.1 ->
+    26/256 = 0.1016; 0.3 -> 77/256) and the kept values are scaled by the exact inverse of
+    the kept fraction, so E[dropout(x)] = x still holds. A 32-bit word of the counter-based
+    generator gives four decisions; ``jax.random.bernoulli`` spends a whole word (one
+    threefry hash) on each, which on a CPU is a tenth of a small model's train step.
+
+    x: any shape [..., n]; the random words are drawn over x.shape[:-1], so batch and head
+    axes keep their sharding.
+    """
     if rng is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    threshold = dropout_threshold(rate)
+    *lead, n = x.shape
+    words = jax.random.bits(rng, (*lead, -(-n // 4)), jnp.uint32)        # [..., ceil(n/4)]
+    random_bytes = jax.lax.bitcast_convert_type(words, jnp.uint8)          # [..., ceil(n/4), 4]
+    random_bytes = random_bytes.reshape(*lead, -1)[..., :n]                # [..., n]
+    keep = random_bytes >= threshold
+    return jnp.where(keep, x * (256.0 / (256 - threshold)), 0).astype(x.dtype)
 
 
 def einsum(eq: str, x: Array, w: Array, dtype: Any) -> Array:
