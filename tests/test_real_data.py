@@ -43,9 +43,18 @@ def test_multi30k_builds_offline_from_a_local_folder(tmp_path, caplog):
         splits = tasks.load_splits('multi30k', str(tmp_path / 'tfds'), manual_dir=str(raw))
     assert 'sha256 mismatch' in caplog.text  # our files are not the published ones
     assert set(splits) == {'train', 'validation', 'test2016'}
-    assert sorted(splits['test2016']) == sorted(zip(DE, EN))  # German -> English by default
+    assert list(splits['test2016']) == list(zip(DE, EN))  # German -> English by default
     reverse = tasks.load_splits('multi30k', str(tmp_path / 'tfds'), reverse=True)
-    assert sorted(reverse['train']) == sorted(zip(EN, DE))  # prepared once, reused offline
+    assert list(reverse['train']) == list(zip(EN, DE))  # prepared once, reused offline
+
+
+def test_multi30k_keeps_the_order_of_the_raw_files(tmp_path):
+    # eval.py writes hypotheses in split order; they must line up with the raw files.
+    en = [f'Sentence number {i}.' for i in range(40)]
+    de = [f'Satz Nummer {i}.' for i in range(40)]
+    splits = tasks.load_splits('multi30k', str(tmp_path / 'tfds'),
+                               manual_dir=str(write_raw(tmp_path / 'raw', en, de)))
+    assert [pair[1] for pair in splits['test2016']] == en
 
 
 def test_multi30k_without_data_or_network_says_both_fixes(tmp_path):
