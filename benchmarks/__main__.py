@@ -36,6 +36,7 @@ for _kind in ('beam', 'greedy'):
     for _dtype in ('float32', 'bfloat16'):
         CASES[f'{_kind}_small_{_dtype}'] = ('jax', 'decoding', dict(kind=_kind, dtype=_dtype))
 CASES['input_pipeline'] = ('jax', 'input_pipeline', {})
+CASES['dropout_masks'] = ('jax', 'dropout_masks', {})
 
 
 def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
@@ -82,6 +83,7 @@ def add_utilization(results: list[dict]) -> None:
 
 def ratios(results: list[dict]) -> list[str]:
     by = {r['case']: r for r in results if 'tokens_per_s' in r}
+    by_case = {r['case']: r for r in results}
     lines = []
     for size in ('small', 'base'):
         ours = [by[k] for k in (f'train_{size}_float32', f'train_{size}_bfloat16') if k in by]
@@ -100,7 +102,15 @@ def ratios(results: list[dict]) -> list[str]:
         lines.append(f'input pipeline (one core): {pipe["examples_per_s"]:,.0f} examples/s = '
                      f'{pipe["examples_per_s"] / consumed:.1f}x what the small float32 train step '
                      f'consumes ({consumed:,.0f}/s)')
+    masks = by_case.get('dropout_masks')
+    if masks and 'reference_step_s' in masks:
+        lines.append(f'dropout masks of a small step: {1000 * masks["step_s"]:.0f} ms (a byte per '
+                     f'element) vs {1000 * masks["reference_step_s"]:.0f} ms (jax.random.bernoulli, '
+                     f'a word per element) = {masks["step_s"] / masks["reference_step_s"]:.2f}x')
     return lines
+
+
+RATE_UNITS = (('tokens_per_s', ''), ('examples_per_s', ' ex/s'), ('elements_per_s', ' elem/s'))
 
 
 def table(results: list[dict]) -> str:
@@ -114,9 +124,8 @@ def table(results: list[dict]) -> str:
             rows.append(('matmul 4096^3 GFLOP/s', f'f32 {r["peak_gflops_float32"]:.0f}',
                          f'bf16 {r["peak_gflops_bfloat16"]:.0f}', '', '', '', ''))
             continue
-        rate = r.get('tokens_per_s') or r.get('examples_per_s')
-        rows.append((r['case'], f'{1000 * r["step_s"]:.1f}',
-                     f'{rate:,.0f}' + ('' if 'tokens_per_s' in r else ' ex/s'),
+        rate, unit = next((r[key], unit) for key, unit in RATE_UNITS if key in r)
+        rows.append((r['case'], f'{1000 * r["step_s"]:.1f}', f'{rate:,.0f}{unit}',
                      f'{100 * r["mfu_vs_float32_peak"]:.0f}%' if 'mfu_vs_float32_peak' in r else '',
                      f'{100 * r["mfu_vs_bfloat16_peak"]:.0f}%' if 'mfu_vs_bfloat16_peak' in r else '',
                      f'{r["compile_s"]:.1f}' if 'compile_s' in r else '',

@@ -95,6 +95,33 @@ def decoding(kind: str, dtype: str, *, warmup: int = 1, repeats: int = 3) -> dic
             'compile_s': compile_s, 'peak_rss_mib': peak_rss_mib()}
 
 
+def dropout_masks(*, rate: float = 0.1, warmup: int = 1, repeats: int = 7) -> dict:
+    """The dropout of a small train step's forward pass: ours against a word per element.
+
+    17 dropout sites of 64 x 32 x 256 (embeddings and sublayer outputs of 3 + 3 layers), as
+    ``layers.dropout`` draws them (a byte per element) and as ``jax.random.bernoulli`` would
+    (a 32-bit threefry word per element); the two alternate, so both see the same machine.
+    """
+    from transformer import layers
+
+    def bernoulli(x, key):
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), 0)
+
+    x = jnp.ones((17, 64, 32, 256))
+    fns = {'step_s': jax.jit(lambda x, key: layers.dropout(x, rate, key)),
+           'reference_step_s': jax.jit(bernoulli)}
+    times = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(x, jax.random.key(i)).block_until_ready()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    out = {name: float(np.median(t)) for name, t in times.items()}
+    return {**out, 'elements_per_s': x.size / out['step_s'], 'peak_rss_mib': peak_rss_mib()}
+
+
 def input_pipeline(manual_dir: str, *, batches: int = 30) -> dict:
     """Multi30k training batches per second: tokenize, filter, pack 32 rows of 64 + 64.
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from benchmarks import flops
-from benchmarks.__main__ import CASES, add_utilization, ratios
+from benchmarks.__main__ import CASES, add_utilization, ratios, table
 from conftest import ROOT
 
 
@@ -30,6 +30,14 @@ def test_utilization_and_ratios_use_the_peaks_of_the_same_run():
     assert results[1]['mfu_vs_float32_peak'] == 0.5 and results[1]['mfu_vs_bfloat16_peak'] == 0.25
     assert ratios(results) == ['train small: ours 1,024 tok/s (float32) / PyTorch 512 tok/s '
                                '(bfloat16) = 2.00x']
+
+
+def test_the_dropout_mask_case_is_reported_against_its_reference():
+    results = [{'case': 'dropout_masks', 'step_s': 0.05, 'reference_step_s': 0.2,
+                'elements_per_s': 1.8e8, 'peak_rss_mib': 300.0}]
+    assert ratios(results) == ['dropout masks of a small step: 50 ms (a byte per element) vs '
+                               '200 ms (jax.random.bernoulli, a word per element) = 0.25x']
+    assert '180,000,000 elem/s' in table(results)
 
 
 def test_every_case_the_issue_names_exists():
