@@ -96,8 +96,8 @@ def ratios(results: list[dict]) -> list[str]:
             lines.append(f'train {size}: ours {best["tokens_per_s"]:,.0f} tok/s ({best["dtype"]}) / '
                          f'PyTorch {peer["tokens_per_s"]:,.0f} tok/s ({peer["dtype"]}) = '
                          f'{best["tokens_per_s"] / peer["tokens_per_s"]:.2f}x')
-    pipe = next((r for r in results if r['case'] == 'input_pipeline' and 'examples_per_s' in r), None)
-    if pipe and 'train_small_float32' in by:
+    pipe = by_case.get('input_pipeline')
+    if pipe and 'examples_per_s' in pipe and 'train_small_float32' in by:
         consumed = 64 / by['train_small_float32']['step_s']  # examples per second
         lines.append(f'input pipeline (one core): {pipe["examples_per_s"]:,.0f} examples/s = '
                      f'{pipe["examples_per_s"] / consumed:.1f}x what the small float32 train step '

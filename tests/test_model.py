@@ -136,7 +136,6 @@ def test_dropout_changes_training_outputs_but_not_evaluation(rng):
     assert not np.allclose(a, b)
 
 
-
 @pytest.mark.parametrize('rate', [0.1, 0.3, 0.5])
 @pytest.mark.parametrize('shape', [(64, 33, 256), (8, 4, 31, 7)])
 def test_dropout_drops_its_rate_keeps_the_mean_and_decides_each_element_independently(rate,
@@ -168,6 +167,7 @@ def test_dropout_keeps_dtype_and_rejects_a_rate_outside_0_1():
     assert layers.dropout(x, 0.0, jax.random.key(0)) is x
     with pytest.raises(ValueError, match='dropout rate'):
         layers.dropout(x, 1.0, jax.random.key(0))
+
 
 def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(rng):
     model = make_model(dtype='bfloat16')
