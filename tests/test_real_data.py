@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from ml_collections import config_flags
 
+from configs import multi30k as multi30k_config
 from conftest import ROOT, make_model, random_tokens
 from transformer import metrics, multi30k, tasks, train_lib, trainer
 
@@ -95,6 +96,20 @@ def test_wmt14_config_has_the_paper_hyperparameters(variant, peak):
     tokens = t.batch_size * t.grad_accum_steps * config.data.max_source_length
     assert 24_000 <= tokens <= 26_000
     assert (config.eval.beam_size, config.eval.length_penalty) == (4, 0.6)
+
+
+def test_multi30k_configs_hold_the_measured_recipes():
+    de_en, en_de = load_config('configs/multi30k.py'), load_config('configs/multi30k.py:reverse=True')
+    assert (de_en.data.builder_kwargs.reverse, de_en.data.target_language) == (False, 'en')
+    assert (en_de.data.builder_kwargs.reverse, en_de.data.target_language) == (True, 'de')
+    assert (de_en.data.vocab_size, de_en.train.batch_size, de_en.train.num_steps) == (8000, 32, 2300)
+    assert (en_de.data.vocab_size, en_de.train.batch_size, en_de.train.num_steps) == (4000, 16, 5200)
+    assert (de_en.eval.length_penalty, en_de.eval.length_penalty) == (0.6, 1.0)
+    for config in (de_en, en_de):  # 160 validation rows; the last 5 checkpoints span the end
+        assert config.train.eval_batches * config.train.batch_size == 160
+        assert config.train.checkpoint_every * config.train.max_checkpoints < config.train.num_steps
+    with pytest.raises(ValueError, match=r"\['revers'\]; valid: reverse=True\|False"):
+        multi30k_config.get_config('revers=True')
 
 
 def test_wmt14_trains_end_to_end_on_mock_data(tmp_path):
