@@ -7,10 +7,12 @@ Writes ``hypotheses_<split>.txt`` and ``eval_<split>.json`` into --workdir (and,
 --average_last=N > 1, ``..._<split>_avg<N>`` for the averaged parameters as well).
 """
 
+import os
+
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import config_lib, evaluate, inference, tasks
+from transformer import config_lib, evaluate, inference, recase, tasks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
@@ -29,10 +31,12 @@ def main(argv):
     split = FLAGS.split or config.eval.split
     try:
         config_lib.validate(config)
-        translator = inference.Translator(config, FLAGS.workdir)
         d = config.data
         splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
                                    **d.builder_kwargs)
+        if d.lowercase and os.path.isdir(FLAGS.workdir):  # a run from before recaser.json
+            recase.get_recaser(FLAGS.workdir, (target for _, target in splits['train']))
+        translator = inference.Translator(config, FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f'Error: {e}') from None
     if split not in splits:

@@ -29,6 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(seed=0, train_size=60_000, validation_size=1_000, test_size=1_000))
     config.data.target_language = 'de'    # for tokenized BLEU
     config.data.vocab_size = 1000         # joint SentencePiece vocabulary
+    # The tokenizer case-folds all text (its normalization rule, so train, eval and translate
+    # agree); output is then lowercase, and eval.py restores case with a recaser.
+    config.data.lowercase = False
     # Row lengths in tokens (EOS included); a longer training pair is dropped (and counted).
     # With packing a row holds several pairs: here ~4, so padding stays under 10%.
     config.data.max_source_length = 36

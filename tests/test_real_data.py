@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from configs import multi30k as multi30k_config
 from conftest import ROOT, make_model, random_tokens
-from transformer import metrics, multi30k, tasks, train_lib, trainer
+from transformer import inference, metrics, multi30k, recase, tasks, train_lib, trainer
 
 EN = ['A dog runs.', 'Two men talk.', 'A red car.']
 DE = ['Ein Hund rennt.', 'Zwei Männer reden.', 'Ein rotes Auto.']
@@ -123,6 +123,27 @@ def test_wmt14_trains_end_to_end_on_mock_data(tmp_path):
         result = trainer.train_and_evaluate(config, str(tmp_path))
     assert np.isfinite(result['loss'])
     assert (tmp_path / 'checkpoints' / '2').exists()
+
+
+def test_lowercased_multi30k_run_translates_with_restored_case(tmp_path):
+    config = load_config('configs/multi30k.py:reverse=True')
+    config.model.variant = 'tiny'
+    config.data.update(data_dir=str(tmp_path / 'tfds'), manual_dir=str(write_raw(tmp_path / 'raw')),
+                       vocab_size=40, lowercase=True)
+    config.train.update(batch_size=2, num_steps=2, warmup_steps=1, log_every=1, eval_every=2,
+                        eval_batches=1, checkpoint_every=2)
+    config.eval.update(batch_size=4, max_decode_len=8)
+    workdir = tmp_path / 'run'
+    trainer.train_and_evaluate(config, str(workdir))
+    recaser = recase.Recaser.load(str(workdir / recase.RECASER_FILE))
+    assert recaser.forms == {'hund': 'Hund', 'männer': 'Männer', 'auto': 'Auto'}
+    translator = inference.Translator.from_workdir(str(workdir), beam_size=1)
+    assert translator.tokenizer.encode('A DOG') == translator.tokenizer.encode('a dog')
+    cased = translator.translate(EN)
+    translator.recaser = None
+    lowercase = translator.translate(EN)
+    assert any(lowercase) and all(out == out.lower() for out in lowercase)
+    assert cased == [recaser(out) for out in lowercase]
 
 
 def test_bleu_wrappers():

@@ -75,16 +75,23 @@ class Tokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 'unigram',
-                    character_coverage: float = 1.0, byte_fallback: bool = False) -> Tokenizer:
-    """Trains a joint SentencePiece vocabulary on ``texts`` (source and target lines)."""
+                    character_coverage: float = 1.0, byte_fallback: bool = False,
+                    lowercase: bool = False) -> Tokenizer:
+    """Trains a joint SentencePiece vocabulary on ``texts`` (source and target lines).
+
+    ``lowercase`` case-folds text inside the model's normalizer, so encoding lowercases any
+    input and decoding yields lowercase text.
+    """
     proto = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=(t.strip() for t in texts), model_writer=proto,
             vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
-            byte_fallback=byte_fallback, pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID,
-            eos_id=EOS_ID, input_sentence_size=2_000_000, shuffle_input_sentence=True,
-            num_threads=1, hard_vocab_limit=False, minloglevel=2)
+            byte_fallback=byte_fallback,
+            normalization_rule_name='nmt_nfkc_cf' if lowercase else 'nmt_nfkc',
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=1,
+            hard_vocab_limit=False, minloglevel=2)
     except RuntimeError as e:
         need = re.search(r'smaller than required_chars\. \d+ vs (\d+)', str(e))
         if not need:

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from transformer import checkpoint, config_lib, data, decode, train_lib
+from transformer import checkpoint, config_lib, data, decode, recase, train_lib
 from transformer.model import EncoderDecoder
 
 log = logging.getLogger('transformer')
@@ -110,6 +110,7 @@ class Translator:
             raise FileNotFoundError(f'No such workdir: {workdir}; train first: '
                                     f'python train.py --config CONFIG --workdir {workdir}')
         self.tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
+        self.recaser = recase.load_if_present(workdir)  # None unless trained on lowercased text
         _, _, self.graphdef, state = build_state(config, self.tokenizer.vocab_size)
         ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
         self.params, self.steps = restore_params(ckpt, state.params, average_last)
@@ -157,4 +158,6 @@ class Translator:
                                                         np.int32)])
             tokens = np.asarray(self._decode(self.params, batch))[:rows]
             outputs += [self.tokenizer.decode(row) for row in tokens]
+        if self.recaser:
+            outputs = [self.recaser(out) for out in outputs]
         return [out if line.strip() else '' for line, out in zip(lines, outputs)]

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from transformer import checkpoint, config_lib, data, inference, metrics, sharding, tasks, train_lib
+from transformer import checkpoint, config_lib, data, inference, metrics, recase, sharding, tasks, train_lib
 from transformer.model import EncoderDecoder, count_params
 
 log = logging.getLogger('transformer')
@@ -73,7 +73,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
                                **d.builder_kwargs)
     if is_chief():
-        tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size)
+        tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size,
+                                       lowercase=d.lowercase)
+        if d.lowercase:  # eval.py and translate.py restore case to the lowercase output
+            recase.get_recaser(workdir, (target for _, target in splits['train']))
     sharding.barrier('tokenizer')  # the others load what process 0 trained
     if not is_chief():
         tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
