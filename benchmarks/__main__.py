@@ -35,6 +35,9 @@ for _size in ('small', 'base'):
 for _kind in ('beam', 'greedy'):
     for _dtype in ('float32', 'bfloat16'):
         CASES[f'{_kind}_small_{_dtype}'] = ('jax', 'decoding', dict(kind=_kind, dtype=_dtype))
+# The same step with glibc's malloc defaults (transformer.host_memory not applied).
+CASES['train_small_float32_malloc_defaults'] = CASES['train_small_float32']
+MALLOC_DEFAULTS_SUFFIX = '_malloc_defaults'
 CASES['input_pipeline'] = ('jax', 'input_pipeline', {})
 CASES['dropout_masks'] = ('jax', 'dropout_masks', {})
 
@@ -45,9 +48,12 @@ def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
     if name == 'input_pipeline' and not os.path.isdir(multi30k_dir or ''):
         return {'case': name, 'skipped': f'no Multi30k folder (--multi30k_dir={multi30k_dir!r})'}
     cmd = [sys.executable, '-m', 'benchmarks', '--worker', name, '--multi30k_dir', multi30k_dir]
+    env = dict(os.environ)
+    env['TRANSFORMER_MALLOC_DEFAULTS'] = '1' if name.endswith(MALLOC_DEFAULTS_SUFFIX) else '0'
     start = time.perf_counter()
     try:
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {'case': name, 'error': f'not finished in {timeout_s:.0f} s (--timeout_s)'}
     lines = [line for line in out.stdout.splitlines() if line.startswith('RESULT ')]
@@ -102,6 +108,12 @@ def ratios(results: list[dict]) -> list[str]:
         lines.append(f'input pipeline (one core): {pipe["examples_per_s"]:,.0f} examples/s = '
                      f'{pipe["examples_per_s"] / consumed:.1f}x what the small float32 train step '
                      f'consumes ({consumed:,.0f}/s)')
+    tuned, defaults = by.get('train_small_float32'), by.get('train_small_float32' + MALLOC_DEFAULTS_SUFFIX)
+    if tuned and defaults:
+        lines.append(f'host memory kept (transformer.host_memory): small float32 step '
+                     f'{1000 * tuned["step_s"]:.0f} ms vs {1000 * defaults["step_s"]:.0f} ms with '
+                     f'glibc malloc defaults = {tuned["step_s"] / defaults["step_s"]:.2f}x; peak '
+                     f'{tuned["peak_rss_mib"]:,.0f} vs {defaults["peak_rss_mib"]:,.0f} MiB')
     masks = by_case.get('dropout_masks')
     if masks and 'reference_step_s' in masks:
         lines.append(f'dropout masks of a small step: {1000 * masks["step_s"]:.0f} ms (a byte per '
