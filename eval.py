@@ -7,12 +7,10 @@ Writes ``hypotheses_<split>.txt`` and ``eval_<split>.json`` into --workdir (and,
 --average_last=N > 1, ``..._<split>_avg<N>`` for the averaged parameters as well).
 """
 
-import os
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import config_lib, evaluate, inference, recase, tasks
+from transformer import config_lib, evaluate, inference, tasks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
@@ -34,8 +32,6 @@ def main(argv):
         d = config.data
         splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
                                    **d.builder_kwargs)
-        if d.lowercase and os.path.isdir(FLAGS.workdir):  # a run from before recaser.json
-            recase.get_recaser(FLAGS.workdir, (target for _, target in splits['train']))
         translator = inference.Translator(config, FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f'Error: {e}') from None

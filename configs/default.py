@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.target_language = 'de'    # for tokenized BLEU
     config.data.vocab_size = 1000         # joint SentencePiece vocabulary
     # The tokenizer case-folds all text (its normalization rule, so train, eval and translate
-    # agree); output is then lowercase, and eval.py restores case with a recaser.
+    # agree); the model's lowercase output is recased (transformer/recase.py).
     config.data.lowercase = False
     # Row lengths in tokens (EOS included); a longer training pair is dropped (and counted).
     # With packing a row holds several pairs: here ~4, so padding stays under 10%.

@@ -31,13 +31,13 @@ direction, each a single run:
   - a 1.8M-parameter model (4 + 4 layers of width 128, feed-forward 256, 4,000 pieces,
     dropout 0.2, 10,000 steps) ran 2.5x the steps per second of the 8,000-piece 7.6M model
     but learned far slower: validation token accuracy 40% after ~10 min, against 52% for
-    the 7.6M model after ~13 min; stopped.
-
+    the 7.6M model after ~13 min; stopped;
   - config.data.lowercase=True (lowercased text, recased output): 38.19 / 37.21 (average of
     the last 5: 38.80 / 37.74); 61 min 34 s on a host running ~28% slower than for the run
     above.
-These times predate transformer/host_memory.py, which makes the training loop take ~0.84x
-the time per step (a 300-step probe of this direction: 0.557 s against 0.660 s).
+The English -> German times predate transformer/host_memory.py, which makes the training
+loop take ~0.84x the time per step (a 300-step probe of this direction: 0.557 s against
+0.660 s).
 
 Without ``config.data.manual_dir`` the six raw files are downloaded from the dataset's GitHub
 repository (sha256-checked); with it, they are read from that folder (no network).

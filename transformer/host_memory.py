@@ -5,8 +5,8 @@ at 16 rows of 64 + 64 tokens). glibc's malloc serves a block that large with a f
 ``mmap`` and returns it to the kernel on ``free``; the next step touches it again, page by
 page, and the kernel zeroes every page: ~71,000 minor page faults and ~20% of the step's
 CPU time spent in the kernel. Serving large blocks from the heap, in one arena, and never
-trimming it lets every step reuse the previous step's pages (``benchmarks``: case
-``malloc_defaults`` against ``train_small_float32``).
+trimming it lets every step reuse the previous step's pages (``make bench
+CASES=train_small_float32`` times the step both ways).
 
 Set ``TRANSFORMER_MALLOC_DEFAULTS=1`` to keep glibc's defaults. Elsewhere than glibc
 (macOS, musl) nothing changes.
