@@ -49,7 +49,8 @@ def main(argv):
         evaluate.score_and_write(FLAGS.workdir, name, t.steps[-1], sources, hypotheses,
                                  references, target_language=d.target_language,
                                  num_samples=config.eval.num_samples,
-                                 extra={'checkpoint_steps': t.steps, 'beam_size': t.beam_size})
+                                 extra={'checkpoint_steps': t.steps, 'beam_size': t.beam_size,
+                                        'length_penalty': t.alpha})
 
 
 if __name__ == '__main__':

@@ -120,17 +120,21 @@ def bleu_chart(workdirs: list[str], out_dir: str) -> str:
     """sacreBLEU of every ``eval_*.json`` in the workdirs, one bar each."""
     labels, scores = [], []
     for workdir in workdirs:
+        with open(os.path.join(workdir, 'config.json')) as f:
+            configured = json.load(f)['eval']   # for results written before alpha was recorded
         for path in sorted(glob.glob(os.path.join(workdir, 'eval_*.json'))):
             with open(path) as f:
                 result = json.load(f)
             run = os.path.basename(os.path.normpath(workdir))
-            labels.append(f'{run}\n{os.path.basename(path)[5:-5]}')
+            alpha = result.get('length_penalty', configured['length_penalty'])
+            decoding = f"beam {result.get('beam_size', configured['beam_size'])}, alpha {alpha}"
+            labels.append(f'{run}\n{os.path.basename(path)[5:-5]}\n{decoding}')
             scores.append(result['sacrebleu'])
     fig, ax = plt.subplots(figsize=(1.6 * max(len(scores), 2) + 1, 3.5))
     bars = ax.bar(range(len(scores)), scores, color='tab:blue')
     ax.bar_label(bars, fmt='%.2f')
     ax.set_xticks(range(len(scores)), labels, fontsize=8)
-    ax.set(ylabel='sacreBLEU', title='Test-set sacreBLEU (beam 4, alpha 0.6)')
+    ax.set(ylabel='sacreBLEU', title='Test-set sacreBLEU')
     return save(fig, out_dir, 'bleu.png')
 
 

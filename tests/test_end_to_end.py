@@ -58,6 +58,7 @@ def test_train_evaluate_stop_and_resume(trained, data_dir):
     scores = json.loads((workdir / 'eval_test.json').read_text())
     assert scores['step'] == 20 and scores['num_examples'] == 40
     assert {'sacrebleu', 'exact_match'} <= set(scores)
+    assert (scores['beam_size'], scores['length_penalty']) == (4, 0.6)  # the decoding used
     assert len((workdir / 'hypotheses_test.txt').read_text().splitlines()) == 40
 
 
