@@ -37,6 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.max_source_length = 36
     config.data.max_target_length = 24
     config.data.pack = True
+    # Subword regularization: > 1 draws each training example's pieces from its this many
+    # best segmentations, with probability ~ P^alpha (new ones each epoch; evaluation and
+    # translation always use the best). 1 = off.
+    config.data.subword_nbest = 1
+    config.data.subword_alpha = 0.5
     # The training stream is cut into this many shards (each packs its own rows; a process
     # reads only its own); 0 = one per process. Fixing it makes the batches the same for
     # any number of processes.

@@ -99,6 +99,35 @@ def test_iterator_state_replays_the_same_batches(pairs_and_tokenizer):
             np.testing.assert_array_equal(got[key], want[key])
 
 
+def test_subword_sampling_draws_valid_segmentations_reproducibly(pairs_and_tokenizer):
+    pairs, tokenizer = pairs_and_tokenizer
+    text = max((de for _, de in pairs), key=len)  # a long German compound: many segmentations
+    best = tokenizer.encode(text)
+    draws = [tokenizer.sample_encode(text, 8, 0.0, np.random.default_rng(i)) for i in range(40)]
+    assert len({tuple(d) for d in draws}) > 2
+    assert all(tokenizer.decode(d) == text for d in draws)  # every draw spells the same text
+    assert draws[3] == tokenizer.sample_encode(text, 8, 0.0, np.random.default_rng(3))
+    assert tokenizer.sample_encode(text, 1, 0.0, np.random.default_rng(0)) == best
+    sharp = [tokenizer.sample_encode(text, 8, 1e3, np.random.default_rng(i)) for i in range(10)]
+    assert all(d == best for d in sharp)  # a large alpha keeps the most likely segmentation
+
+
+def test_sampled_segmentations_differ_from_the_best_and_replay_on_resume(pairs_and_tokenizer):
+    pairs, tokenizer = pairs_and_tokenizer
+    lengths, kw = data.Lengths(36, 24), dict(subword_nbest=8, subword_alpha=0.0)
+    plain = next(iter(data.train_dataset(pairs, tokenizer, lengths, 4, seed=3)))
+    it = iter(data.train_dataset(pairs, tokenizer, lengths, 4, seed=3, **kw))
+    assert not np.array_equal(next(it)['targets'], plain['targets'])
+    state = it.get_state()
+    expected = [next(it) for _ in range(3)]
+    resumed = iter(data.train_dataset(pairs, tokenizer, lengths, 4, seed=3, **kw))
+    resumed.set_state(state)
+    for want in expected:
+        got = next(resumed)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+
+
 def test_eval_batches_cover_every_pair_once_in_order(pairs_and_tokenizer):
     pairs, tokenizer = pairs_and_tokenizer
     batches = list(data.eval_batches(pairs[:23], tokenizer, data.Lengths(36, 24), 10))

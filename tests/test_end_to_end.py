@@ -74,6 +74,7 @@ def test_unknown_config_key_is_named(tmp_path, data_dir):
     ('--config.data.dataset=wmt99', "config.data.dataset='wmt99'"),
     ('--config.train.schedule=cosine', "config.train.schedule='cosine'"),
     ('--config.train.batch_size=eight', 'batch_size'),
+    ('--config.data.subword_nbest=0', 'config.data.subword_nbest=0'),
 ])
 def test_bad_config_value_is_named_before_any_work(tmp_path, data_dir, override, named):
     out = run('train.py', *tiny(data_dir, tmp_path / 'w', override), check=False)

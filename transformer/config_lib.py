@@ -63,6 +63,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'expected >= 0 (0 disables clipping)')
     for key in ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every'):
         _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
+    _check(config.data.subword_nbest >= 1, 'data.subword_nbest', config.data.subword_nbest,
+           'expected >= 1 (1 = always the best segmentation)')
+    _check(config.data.subword_alpha >= 0, 'data.subword_alpha', config.data.subword_alpha,
+           'expected >= 0')
     _check(config.data.input_shards >= 0, 'data.input_shards', config.data.input_shards,
            'expected >= 0 (0 = one shard per process)')
     for name, axis in config.mesh.rules.items():

@@ -42,6 +42,7 @@ class Tokenizer:
                 PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise ValueError('Tokenizer must use pad=0, unk=1, bos=2, eos=3.')
         self.model_proto = model_proto
+        self._segmentations = {}  # (word, nbest, alpha) -> see _word_segmentations
 
     @property
     def vocab_size(self) -> int:
@@ -49,6 +50,35 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text.strip())
+
+    def sample_encode(self, text: str, nbest: int, alpha: float,
+                      rng: np.random.Generator) -> list[int]:
+        """A segmentation of ``text`` drawn at random: subword regularization (Kudo, 2018).
+
+        Pieces never cross spaces (SentencePiece splits on whitespace), so a sentence's
+        segmentation is its words' side by side and its probability is their product. Each
+        word's is drawn independently from its ``nbest`` most likely ones, with probability
+        proportional to P(segmentation)^alpha: alpha = 0 draws uniformly, a large alpha keeps
+        the best. The draw comes from ``rng`` (not SentencePiece's own generator), so the same
+        rng state gives the same pieces and a resumed run replays them.
+        """
+        ids = []
+        for word in text.split():
+            candidates, cumulative = self._word_segmentations(word, nbest, alpha)
+            pick = np.searchsorted(cumulative, rng.random() * cumulative[-1], side='right')
+            ids.extend(candidates[min(int(pick), len(candidates) - 1)])
+        return ids
+
+    def _word_segmentations(self, word: str, nbest: int, alpha: float):
+        """(the ``nbest`` best segmentations of ``word``, their cumulative weights); cached."""
+        key = (word, nbest, alpha)
+        if key not in self._segmentations:
+            nbests = self.sp.nbest_encode_as_proto(word, nbest_size=nbest).nbests
+            candidates = [[piece.id for piece in n.pieces] for n in nbests] or [self.encode(word)]
+            scores = np.array([n.score for n in nbests] or [0.0])  # log P(segmentation)
+            self._segmentations[key] = (candidates,
+                                        np.cumsum(np.exp(alpha * (scores - scores.max()))))
+        return self._segmentations[key]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Token ids -> text; stops at the first EOS and skips padding."""
@@ -128,6 +158,12 @@ class Lengths:
     target: int
 
 
+def _example(source_ids: list[int], target_ids: list[int]) -> dict[str, np.ndarray]:
+    return {'inputs': np.asarray(source_ids + [EOS_ID], np.int32),
+            'targets': np.asarray(target_ids + [EOS_ID], np.int32),
+            'decoder_inputs': np.asarray([BOS_ID] + target_ids, np.int32)}
+
+
 class Tokenize(grain.transforms.Map):
     """A (source, target) pair of strings -> unpadded int32 id arrays."""
 
@@ -135,11 +171,19 @@ class Tokenize(grain.transforms.Map):
         self.tokenizer = tokenizer
 
     def map(self, pair: Pair):
-        src = self.tokenizer.encode(pair[0]) + [EOS_ID]
-        tgt = self.tokenizer.encode(pair[1])
-        return {'inputs': np.asarray(src, np.int32),
-                'targets': np.asarray(tgt + [EOS_ID], np.int32),
-                'decoder_inputs': np.asarray([BOS_ID] + tgt, np.int32)}
+        return _example(self.tokenizer.encode(pair[0]), self.tokenizer.encode(pair[1]))
+
+
+class SampleTokenize(grain.transforms.RandomMap):
+    """Like ``Tokenize``, but each side's segmentation is drawn from its ``nbest`` best
+    (``Tokenizer.sample_encode``): subword regularization, new pieces every epoch."""
+
+    def __init__(self, tokenizer: Tokenizer, nbest: int, alpha: float):
+        self.tokenizer, self.nbest, self.alpha = tokenizer, nbest, alpha
+
+    def random_map(self, pair: Pair, rng: np.random.Generator):
+        return _example(*(self.tokenizer.sample_encode(text, self.nbest, self.alpha, rng)
+                          for text in pair))
 
 
 def fits(example, lengths: Lengths) -> bool:
@@ -160,7 +204,8 @@ def pad(example, lengths: Lengths):
 
 def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, batch_size: int,
                   seed: int, *, pack: bool = True, shard_index: int = 0,
-                  num_shards: int = 1) -> grain.IterDataset:
+                  num_shards: int = 1, subword_nbest: int = 1,
+                  subword_alpha: float = 0.5) -> grain.IterDataset:
     """Shuffled (anew each epoch), endless, tokenized, length-filtered batches.
 
     With ``pack`` each of the ``batch_size`` rows holds as many whole examples as fit
@@ -171,10 +216,16 @@ def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, bat
     Its iterator's ``get_state()`` is small JSON-able state that, restored, replays exactly
     the batches that would have followed: a resumed run sees the same data. With
     ``num_shards`` > 1 it reads only every ``num_shards``-th pair from ``shard_index``.
+    With ``subword_nbest`` > 1 each example's pieces are drawn from that many best
+    segmentations (``SampleTokenize``), seeded by position in the stream, so resuming
+    replays them too.
     """
-    ds = (grain.MapDataset.source(pairs)[shard_index::num_shards].shuffle(seed=seed).repeat()
-          .map(Tokenize(tokenizer))
-          .filter(lambda ex: fits(ex, lengths)))
+    ds = grain.MapDataset.source(pairs)[shard_index::num_shards].shuffle(seed=seed).repeat()
+    if subword_nbest > 1:
+        ds = ds.random_map(SampleTokenize(tokenizer, subword_nbest, subword_alpha), seed=seed)
+    else:
+        ds = ds.map(Tokenize(tokenizer))
+    ds = ds.filter(lambda ex: fits(ex, lengths))
     if not pack:
         ds = ds.map(lambda ex: pad(ex, lengths))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=512))
@@ -220,14 +271,15 @@ class ShardedBatches:
 
     def __init__(self, pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths,
                  rows_per_shard: int, seed: int, *, pack: bool, num_shards: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, **sampling):
         if num_shards % process_count:
             raise ValueError(f'data.input_shards={num_shards} cannot be split over '
                              f'{process_count} processes; use a multiple of {process_count}.')
         per_process = num_shards // process_count
         self.shards = list(range(process_index * per_process, (process_index + 1) * per_process))
         self.iterators = [iter(train_dataset(pairs, tokenizer, lengths, rows_per_shard, seed,
-                                             pack=pack, shard_index=i, num_shards=num_shards))
+                                             pack=pack, shard_index=i, num_shards=num_shards,
+                                             **sampling))
                           for i in self.shards]
 
     def __iter__(self):

@@ -272,7 +272,9 @@ def _train_batches(run: Run) -> data.ShardedBatches:
     return data.ShardedBatches(run.splits['train'], run.tokenizer, run.lengths,
                                rows // num_shards, config.seed, pack=config.data.pack,
                                num_shards=num_shards, process_index=jax.process_index(),
-                               process_count=jax.process_count())
+                               process_count=jax.process_count(),
+                               subword_nbest=config.data.subword_nbest,
+                               subword_alpha=config.data.subword_alpha)
 
 
 def _gather_data_state(train_iter: data.ShardedBatches) -> dict:
