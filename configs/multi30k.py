@@ -42,6 +42,13 @@ Also measured for this direction, each a single run:
     dropout 0.2, 10,000 steps) ran 2.5x the steps per second of the 8,000-piece 7.6M model
     but learned far slower: validation token accuracy 40% after ~10 min, against 52% for
     the 7.6M model after ~13 min; stopped.
+  - batches of 8 rows (peak learning rate 7.8e-4, warmup 1,600): 0.30-0.33 s/step, so
+    ~10,000 steps (17% fewer rows than 6,000 x 16) fit the hour, and at equal rows it
+    trailed this config (validation NLL 2.771 at step 2,000 against 2.73 at step 1,000);
+    stopped at step 2,500;
+  - subword regularization (``data.subword_nbest=8``, ``data.subword_alpha=0.5``; 4% more
+    pieces per sentence): 0.63 s/step with the sampling, so even 5,800 steps overrun the
+    hour, and validation NLL trailed by 0.17 at step 3,000 (1.984 against 1.818); stopped.
 
 Without ``config.data.manual_dir`` the six raw files are downloaded from the dataset's GitHub
 repository (sha256-checked); with it, they are read from that folder (no network).
