@@ -14,6 +14,7 @@ Fixed shapes mean the train step compiles once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -42,7 +43,8 @@ class Tokenizer:
                 PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise ValueError('Tokenizer must use pad=0, unk=1, bos=2, eos=3.')
         self.model_proto = model_proto
-        self._segmentations = {}  # (word, nbest, alpha) -> see _word_segmentations
+        # Memoized per word (bounded: a WMT-sized corpus has millions of distinct words).
+        self._word_segmentations = functools.lru_cache(maxsize=1 << 18)(self._segment_word)
 
     @property
     def vocab_size(self) -> int:
@@ -69,16 +71,12 @@ class Tokenizer:
             ids.extend(candidates[min(int(pick), len(candidates) - 1)])
         return ids
 
-    def _word_segmentations(self, word: str, nbest: int, alpha: float):
-        """(the ``nbest`` best segmentations of ``word``, their cumulative weights); cached."""
-        key = (word, nbest, alpha)
-        if key not in self._segmentations:
-            nbests = self.sp.nbest_encode_as_proto(word, nbest_size=nbest).nbests
-            candidates = [[piece.id for piece in n.pieces] for n in nbests] or [self.encode(word)]
-            scores = np.array([n.score for n in nbests] or [0.0])  # log P(segmentation)
-            self._segmentations[key] = (candidates,
-                                        np.cumsum(np.exp(alpha * (scores - scores.max()))))
-        return self._segmentations[key]
+    def _segment_word(self, word: str, nbest: int, alpha: float):
+        """(the ``nbest`` best segmentations of ``word``, their cumulative weights)."""
+        nbests = self.sp.nbest_encode_as_proto(word, nbest_size=nbest).nbests
+        candidates = [[piece.id for piece in n.pieces] for n in nbests] or [self.encode(word)]
+        scores = np.array([n.score for n in nbests] or [0.0])  # log P(segmentation)
+        return candidates, np.cumsum(np.exp(alpha * (scores - scores.max())))
 
     def decode(self, ids: Iterable[int]) -> str:
         """Token ids -> text; stops at the first EOS and skips padding."""
