@@ -44,7 +44,7 @@ Also measured for this direction, each a single run:
   - a 1.8M-parameter model (4 + 4 layers of width 128, feed-forward 256, 4,000 pieces,
     dropout 0.2, 10,000 steps) ran 2.5x the steps per second of the 8,000-piece 7.6M model
     but learned far slower: validation token accuracy 40% after ~10 min, against 52% for
-    the 7.6M model after ~13 min; stopped.
+    the 7.6M model after ~13 min; stopped;
   - batches of 8 rows (peak learning rate 7.8e-4, warmup 1,600): 0.30-0.33 s/step, so
     ~10,000 steps (17% fewer rows than 6,000 x 16) fit the hour, and at equal rows it
     trailed this config (validation NLL 2.771 at step 2,000 against 2.73 at step 1,000);

@@ -269,7 +269,8 @@ class ShardedBatches:
 
     def __init__(self, pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths,
                  rows_per_shard: int, seed: int, *, pack: bool, num_shards: int,
-                 process_index: int = 0, process_count: int = 1, **sampling):
+                 process_index: int = 0, process_count: int = 1, subword_nbest: int = 1,
+                 subword_alpha: float = 0.5):
         if num_shards % process_count:
             raise ValueError(f'data.input_shards={num_shards} cannot be split over '
                              f'{process_count} processes; use a multiple of {process_count}.')
@@ -277,7 +278,8 @@ class ShardedBatches:
         self.shards = list(range(process_index * per_process, (process_index + 1) * per_process))
         self.iterators = [iter(train_dataset(pairs, tokenizer, lengths, rows_per_shard, seed,
                                              pack=pack, shard_index=i, num_shards=num_shards,
-                                             **sampling))
+                                             subword_nbest=subword_nbest,
+                                             subword_alpha=subword_alpha))
                           for i in self.shards]
 
     def __iter__(self):
