@@ -50,7 +50,8 @@ def main(argv):
                                  references, target_language=d.target_language,
                                  num_samples=config.eval.num_samples,
                                  extra={'checkpoint_steps': t.steps, 'beam_size': t.beam_size,
-                                        'length_penalty': t.alpha})
+                                        'length_penalty': t.alpha,
+                                        'mbr_samples': t.mbr_samples})
 
 
 if __name__ == '__main__':

@@ -103,6 +103,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.beam_size = 4
     config.eval.length_penalty = 0.6      # GNMT alpha
     config.eval.num_samples = 5           # translations printed beside their references
+    # Minimum-Bayes-risk decoding (transformer/mbr.py): > 0 draws this many epsilon-sampled
+    # translations per sentence and outputs, of those and the search's output, the one
+    # with the highest mean sentence BLEU against the samples. 0 = the search's output.
+    config.eval.mbr_samples = 0
+    config.eval.mbr_epsilon = 0.02        # sample only tokens with probability >= this
 
     if arg == 'tiny':  # for tests: a few hundred pairs, the tiny model, a few steps
         config.data.builder_kwargs.update(train_size=400, validation_size=40, test_size=40)

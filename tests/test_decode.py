@@ -166,3 +166,47 @@ def test_model_beam_search_respects_the_source_length_limit(rng):
         length = len(strip(row))
         assert length <= np.count_nonzero(src_row) + 2
         assert row[length - 1] == EOS
+
+
+# -- sampling (the candidates of minimum-Bayes-risk decoding) -------------------------------
+
+def sampler(model, epsilon, max_len=10):
+    graphdef, params = nnx.split(model)
+    fn = jax.jit(lambda p, s, key: decode.sample_decode(nnx.merge(graphdef, p), s, key, bos_id=BOS,
+                                                        eos_id=EOS, max_len=max_len,
+                                                        epsilon=epsilon))
+    return lambda src, seed: np.asarray(fn(params, src, jax.random.key(seed)))
+
+
+def test_sampling_is_reproducible_and_varies_with_the_key(rng):
+    model = make_model(seed=3)
+    src = jnp.asarray(random_tokens(rng, 6, 8, min_len=2))
+    sample = sampler(model, epsilon=0.0)
+    np.testing.assert_array_equal(sample(src, 0), sample(src, 0))
+    assert not np.array_equal(sample(src, 0), sample(src, 1))
+
+
+def test_sampling_with_a_high_epsilon_is_greedy(rng):
+    # An untrained model's next-token distribution is nearly flat: no token reaches
+    # probability 0.9, so only the always-kept most likely one can be drawn.
+    model = make_model(seed=3)
+    src = jnp.asarray(random_tokens(rng, 5, 8, min_len=2))
+    greedy = decode.greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=10)
+    for seed in range(3):
+        np.testing.assert_array_equal(sampler(model, epsilon=0.9)(src, seed), np.asarray(greedy))
+
+
+def test_samples_are_padding_after_their_eos(rng):
+    model = make_model(seed=2)
+    src = jnp.asarray(random_tokens(rng, 64, 8, min_len=2))
+    out = sampler(model, epsilon=0.0, max_len=12)(src, 0)
+    ended = 0
+    for row in out:
+        eos = np.flatnonzero(row == EOS)
+        if eos.size:
+            ended += 1
+            assert np.all(row[eos[0] + 1:] == 0)
+            assert np.all(row[:eos[0]] != 0)
+        else:
+            assert np.all(row != 0)
+    assert ended > 0  # the check above ran on some rows

@@ -75,6 +75,7 @@ def test_unknown_config_key_is_named(tmp_path, data_dir):
     ('--config.train.schedule=cosine', "config.train.schedule='cosine'"),
     ('--config.train.batch_size=eight', 'batch_size'),
     ('--config.data.subword_nbest=0', 'config.data.subword_nbest=0'),
+    ('--config.eval.mbr_epsilon=1.5', 'config.eval.mbr_epsilon=1.5'),
 ])
 def test_bad_config_value_is_named_before_any_work(tmp_path, data_dir, override, named):
     out = run('train.py', *tiny(data_dir, tmp_path / 'w', override), check=False)
@@ -97,6 +98,16 @@ def test_eval_averages_the_last_checkpoints(trained, data_dir):
     latest = json.loads((workdir / 'eval_validation.json').read_text())
     assert averaged['checkpoint_steps'] == [10, 20] and latest['checkpoint_steps'] == [20]
     assert 'tokenized_lowercased_bleu' in averaged
+
+
+def test_eval_with_minimum_bayes_risk_decoding(trained, data_dir):
+    workdir = trained[0]
+    out = run('eval.py', *tiny(data_dir, workdir, '--split=validation', '--config.eval.mbr_samples=3',
+                               '--config.eval.batch_size=7'))
+    assert 'MBR over 3 samples, epsilon 0.02' in out.stdout
+    result = json.loads((workdir / 'eval_validation.json').read_text())
+    assert result['mbr_samples'] == 3 and result['num_examples'] == 40
+    assert len((workdir / 'hypotheses_validation.txt').read_text().splitlines()) == 40
 
 
 def test_make_figures_draws_every_figure_from_a_trained_run(trained, data_dir, tmp_path):

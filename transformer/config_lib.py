@@ -78,6 +78,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'expected >= 0 (0 = no limit from the source length)')
     _check(e.batch_size > 0, 'eval.batch_size', e.batch_size, 'expected a positive integer')
     _check(e.max_decode_len > 0, 'eval.max_decode_len', e.max_decode_len, 'expected > 0')
+    _check(e.mbr_samples >= 0, 'eval.mbr_samples', e.mbr_samples, 'expected >= 0 (0 = off)')
+    _check(0 <= e.mbr_epsilon < 1, 'eval.mbr_epsilon', e.mbr_epsilon, 'expected in [0, 1)')
 
 
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_lib.ModelConfig:

@@ -30,6 +30,38 @@ def greedy_decode(model: EncoderDecoder, src: Array, *, bos_id: int, eos_id: int
     Call it under ``jax.jit`` (with ``model`` split/merged or as an ``nnx.jit`` argument)
     so the whole loop compiles to one ``while`` loop.
     """
+    def pick(logits, index):
+        return jnp.argmax(logits, axis=-1)
+    return _token_by_token(model, src, pick, bos_id=bos_id, eos_id=eos_id, max_len=max_len)
+
+
+def sample_decode(model: EncoderDecoder, src: Array, rng: Array, *, bos_id: int, eos_id: int,
+                  max_len: int, epsilon: float = 0.02) -> Array:
+    """Ancestral sampling with epsilon truncation: one sampled translation per row.
+
+    At each step only tokens with probability >= ``epsilon`` may be drawn (always at least
+    the most likely one), renormalised; epsilon 0 samples from the full distribution (PAD
+    excluded).
+    Truncation keeps the rare, nonsensical continuations of plain sampling out of the
+    candidates that minimum-Bayes-risk decoding (``transformer/mbr.py``) chooses from.
+
+    src: [b, s]; rng: a JAX key (the same key gives the same samples). Returns [b, max_len]
+    int32 tokens, PAD after EOS, as ``greedy_decode``.
+    """
+    def pick(logits, index):
+        # PAD marks the end of an output, so it is never drawn.
+        logits = logits.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        best = jnp.max(log_probs, axis=-1, keepdims=True)
+        allowed = (log_probs >= jnp.log(epsilon)) | (log_probs >= best)
+        return jax.random.categorical(jax.random.fold_in(rng, index),
+                                      jnp.where(allowed, log_probs, -jnp.inf), axis=-1)
+    return _token_by_token(model, src, pick, bos_id=bos_id, eos_id=eos_id, max_len=max_len)
+
+
+def _token_by_token(model: EncoderDecoder, src: Array, pick, *, bos_id: int, eos_id: int,
+                    max_len: int) -> Array:
+    """One token per row and step, chosen by ``pick(logits [b, V], index) -> [b]``."""
     batch = src.shape[0]
     src_segments = (src != PAD_ID).astype(jnp.int32)
     cross_kv = model.cross_kv(model.encode(src, src_segments))
@@ -45,7 +77,7 @@ def greedy_decode(model: EncoderDecoder, src: Array, *, bos_id: int, eos_id: int
     def body(carry):
         index, tokens, cache, out, done = carry
         logits, cache = model.decode_step(tokens, index, cache, cross_kv, src_segments)
-        next_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        next_tokens = pick(logits, index).astype(jnp.int32)
         next_tokens = jnp.where(done, PAD_ID, next_tokens)  # finished rows emit padding
         out = out.at[:, index].set(next_tokens)
         return index + 1, next_tokens, cache, out, done | (next_tokens == eos_id)

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from transformer import checkpoint, config_lib, data, decode, recase, train_lib
+from transformer import checkpoint, config_lib, data, decode, mbr, metrics, recase, train_lib
 from transformer.model import EncoderDecoder
 
 log = logging.getLogger('transformer')
@@ -101,6 +101,15 @@ def make_decoder(graphdef, *, max_decode_len: int, beam_size: int = 1, alpha: fl
     return jax.jit(run)
 
 
+def make_sampler(graphdef, *, max_decode_len: int, epsilon: float):
+    """Returns a jitted ``sample(params, src [b, s], rng) -> tokens [b, max_decode_len]``
+    (``decode.sample_decode``: one epsilon-sampled translation per row)."""
+    def run(params, src, rng):
+        return decode.sample_decode(nnx.merge(graphdef, params), src, rng, bos_id=data.BOS_ID,
+                                    eos_id=data.EOS_ID, max_len=max_decode_len, epsilon=epsilon)
+    return jax.jit(run)
+
+
 class Translator:
     """Translates lists of sentences with the parameters of a trained run."""
 
@@ -124,11 +133,19 @@ class Translator:
         self._decode = make_decoder(self.graphdef, max_decode_len=e.max_decode_len,
                                     beam_size=self.beam_size, alpha=self.alpha,
                                     length_offset=e.decode_length_offset or None)
+        self.mbr_samples = e.get('mbr_samples', 0)  # (absent from older runs' config.json)
+        if self.mbr_samples:
+            self._sample = make_sampler(self.graphdef, max_decode_len=e.max_decode_len,
+                                        epsilon=e.mbr_epsilon)
+            self._rng = jax.random.key(config.seed)
+            self._utility_tokenize = metrics.lowercase_tokenizer(config.data.target_language)
         steps = (f'average of steps {self.steps}' if len(self.steps) > 1
                  else f'step {self.steps[0]}')
         self.description = (f'{workdir} ({steps}, '
-                            + (f'beam {self.beam_size}, alpha {self.alpha})' if self.beam_size > 1
-                               else 'greedy)'))
+                            + (f'beam {self.beam_size}, alpha {self.alpha}' if self.beam_size > 1
+                               else 'greedy')
+                            + (f'; MBR over {self.mbr_samples} samples, epsilon {e.mbr_epsilon})'
+                               if self.mbr_samples else ')'))
 
     @classmethod
     def from_workdir(cls, workdir: str, **kwargs) -> Translator:
@@ -157,7 +174,35 @@ class Translator:
                 batch = np.concatenate([batch, np.zeros((self.batch_size - rows, batch.shape[1]),
                                                         np.int32)])
             tokens = np.asarray(self._decode(self.params, batch))[:rows]
-            outputs += [self.tokenizer.decode(row) for row in tokens]
+            texts = [self.tokenizer.decode(row) for row in tokens]
+            if self.mbr_samples:
+                texts = self._mbr(batch, texts, start)
+            outputs += texts
         if self.recaser:
             outputs = [self.recaser(out) for out in outputs]
         return [out if line.strip() else '' for line, out in zip(lines, outputs)]
+
+    def _mbr(self, batch: np.ndarray, beam_texts: list[str], offset: int) -> list[str]:
+        """Per sentence, the MBR choice among its search output and ``mbr_samples`` samples.
+
+        batch: [b, s] source ids (its first len(beam_texts) rows are real); offset: the index
+        of its first sentence. Samples are drawn ``beam_size`` per row at a time, so the
+        decoder runs on b x beam_size rows, as in the search. The key is config.seed folded
+        with the offset and the call: the same config translates the same input the same way.
+        """
+        per_call = self.beam_size
+        src = np.repeat(batch, per_call, axis=0)                        # [b * per_call, s]
+        samples: list[list[str]] = [[] for _ in beam_texts]
+        for call in range(-(-self.mbr_samples // per_call)):
+            rng = jax.random.fold_in(jax.random.fold_in(self._rng, offset), call)
+            tokens = np.asarray(self._sample(self.params, src, rng))
+            tokens = tokens.reshape(len(batch), per_call, -1)           # [b, per_call, len]
+            for row, drawn in zip(samples, tokens):
+                row += [self.tokenizer.decode(t) for t in drawn]
+        chosen = []
+        for beam_text, drawn in zip(beam_texts, samples):
+            texts = [beam_text] + drawn[:self.mbr_samples]
+            tokenized = {text: self._utility_tokenize(text).split() for text in set(texts)}
+            token_lists = [tokenized[text] for text in texts]
+            chosen.append(texts[mbr.select(token_lists, token_lists[1:])])
+        return chosen

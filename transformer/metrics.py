@@ -23,14 +23,21 @@ def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], languag
     Published Multi30k results are computed this way on the dataset's tokenized, lowercased
     references; it is not comparable with sacreBLEU, which scores detokenized cased text.
     """
-    from sacremoses import MosesTokenizer
-    tokenizer = MosesTokenizer(lang=language)
-
-    def tok(text):
-        return tokenizer.tokenize(text.lower(), escape=False, return_str=True)
+    tok = lowercase_tokenizer(language)
     score = sacrebleu.BLEU(tokenize='none', force=True).corpus_score(
         [tok(h) for h in hypotheses], [[tok(r) for r in references]])
     return score.score
+
+
+def lowercase_tokenizer(language: str):
+    """``text -> str``: lowercased and Moses-tokenized (tokens separated by single spaces),
+    the form ``tokenized_bleu`` scores."""
+    from sacremoses import MosesTokenizer
+    tokenizer = MosesTokenizer(lang=language)
+
+    def tok(text: str) -> str:
+        return tokenizer.tokenize(text.lower(), escape=False, return_str=True)
+    return tok
 
 
 def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
