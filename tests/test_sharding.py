@@ -20,7 +20,7 @@ from test_end_to_end import data_dir, tiny  # noqa: F401  (data_dir is a fixture
 
 from configs import default
 from conftest import ROOT, make_model
-from transformer import checkpoint, inference, sharding
+from transformer import checkpoint, inference, metrics, sharding
 
 RULES = default.get_config().mesh.rules.to_dict()
 
@@ -121,13 +121,26 @@ def _free_port() -> int:
 
 
 def _restored_params(workdir):
+    """(latest step, its parameters, the parameters at initialisation) of a run."""
     config = inference.load_config(str(workdir))
     _, _, _, state = inference.build_state(config, config.data.vocab_size)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
     try:
-        return ckpt.latest_step(), ckpt.restore_params(state.params)
+        return ckpt.latest_step(), ckpt.restore_params(state.params), state.params
     finally:
         ckpt.close()
+
+
+def _relative_distance(params, reference, start) -> float:
+    """||params - reference|| / ||reference - start|| over all leaves."""
+    def sq(x, y):
+        return sum(float(np.sum((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+                   for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
+    return (sq(params, reference) / sq(reference, start)) ** 0.5
+
+
+def _train_losses(workdir) -> list:
+    return [r['loss'] for r in metrics.read_metrics(str(workdir)) if r['split'] == 'train']
 
 
 def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_dir):  # noqa: F811
@@ -158,10 +171,17 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_di
         assert p.returncode == 0, err[-3000:]
     assert 'Process 1 of 2; 4 local / 8 global devices' in outputs[1][1]
 
-    step_single, params_single = _restored_params(tmp_path / 'single')
-    step_multi, params_multi = _restored_params(tmp_path / 'multi')
+    step_single, params_single, start = _restored_params(tmp_path / 'single')
+    step_multi, params_multi, _ = _restored_params(tmp_path / 'multi')
     assert step_single == step_multi == 5
-    for a, b in zip(jax.tree.leaves(params_single), jax.tree.leaves(params_multi)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    # The same batches give the same loss; a batch read twice or missed would not.
+    np.testing.assert_allclose(_train_losses(tmp_path / 'multi'),
+                               _train_losses(tmp_path / 'single'), rtol=1e-5)
+    # gloo sums the gradients in another order than one process does, and Adam (eps 1e-9)
+    # turns rounding differences in near-zero gradients into visible ones, so compare the
+    # runs against how far training moved the parameters: training on half the batch lands
+    # at 63% of the update, rounding differences at under 1%.
+    distance = _relative_distance(params_multi, params_single, start)
+    assert distance < 5e-2, f'multi-process parameters differ by {distance:.2%} of the update'
     # Written on 8 devices, restored on this process's single device.
     assert all(x.sharding.device_set == {jax.devices()[0]} for x in jax.tree.leaves(params_multi))
