@@ -2,15 +2,20 @@
 
     python eval.py --config configs/default.py --workdir runs/default [--split test]
     python eval.py --config configs/multi30k.py --workdir runs/m30k --average_last=5
+    python eval.py --config configs/multi30k.py --workdir runs/m30k --tune_length_penalty=0.6,1,1.4
 
 Writes ``hypotheses_<split>.txt`` and ``eval_<split>.json`` into --workdir (and, with
 --average_last=N > 1, ``..._<split>_avg<N>`` for the averaged parameters as well).
+
+With --tune_length_penalty each model first translates --tune_split (validation) with every
+listed GNMT alpha and then translates --split with the alpha whose tokenized lowercased BLEU
+was highest there (the first on a tie), so the test split never chooses its own setting.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from transformer import config_lib, evaluate, inference, tasks
+from transformer import config_lib, evaluate, inference, metrics, tasks
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
@@ -18,7 +23,44 @@ config_flags.DEFINE_config_file('config', None, 'The config the run was trained 
 flags.DEFINE_string('workdir', None, 'The trained run.')
 flags.DEFINE_string('split', None, 'Split to translate (default: config.eval.split).')
 flags.DEFINE_integer('average_last', 1, 'Also evaluate the average of the last N checkpoints.')
+flags.DEFINE_list('tune_length_penalty', [], 'Candidate length penalties (GNMT alpha), '
+                  'e.g. 0.6,1,1.4: the best on --tune_split is used (default: config.eval).')
+flags.DEFINE_string('tune_split', 'validation', 'The split --tune_length_penalty scores on.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_alphas(values: list[str]) -> list[float]:
+    """'--tune_length_penalty' values -> floats >= 0, or a ValueError naming the bad one."""
+    alphas = []
+    for value in values:
+        try:
+            alpha = float(value)
+        except ValueError:
+            alpha = -1.0
+        if not alpha >= 0:
+            raise ValueError(f'--tune_length_penalty: {value!r} is not a number >= 0; give a '
+                             'comma-separated list such as 0.6,1,1.4')
+        alphas.append(alpha)
+    return alphas
+
+
+def tune_length_penalty(translator: inference.Translator, alphas: list[float], pairs,
+                        language: str) -> dict[str, float]:
+    """Translates ``pairs`` with each alpha and leaves ``translator`` on the best one.
+
+    Returns {alpha: tokenized lowercased BLEU} in the order tried.
+    """
+    sources, references = zip(*pairs)
+    scores = {}
+    for alpha in alphas:
+        translator.set_length_penalty(alpha)
+        hypotheses = translator.translate(list(sources))
+        scores[alpha] = metrics.tokenized_bleu(hypotheses, references, language)
+        print(f'  alpha {alpha:g}: tokenized lowercased BLEU {scores[alpha]:.2f}')
+    best = max(scores, key=scores.get)  # max keeps the first of equal scores
+    translator.set_length_penalty(best)
+    print(f'  -> alpha {best:g}')
+    return {f'{alpha:g}': round(score, 2) for alpha, score in scores.items()}
 
 
 def main(argv):
@@ -29,6 +71,7 @@ def main(argv):
     split = FLAGS.split or config.eval.split
     try:
         config_lib.validate(config)
+        alphas = parse_alphas(FLAGS.tune_length_penalty)
         d = config.data
         splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
                                    **d.builder_kwargs)
@@ -37,6 +80,15 @@ def main(argv):
         raise SystemExit(f'Error: {e}') from None
     if split not in splits:
         raise SystemExit(f'Error: split {split!r} not in {d.dataset}; valid: {sorted(splits)}')
+    if alphas and translator.beam_size == 1:
+        raise SystemExit('Error: --tune_length_penalty needs beam search, but '
+                         'config.eval.beam_size=1 (greedy decoding has no length penalty).')
+    if alphas and FLAGS.tune_split not in splits:
+        raise SystemExit(f'Error: --tune_split={FLAGS.tune_split!r} not in {d.dataset}; '
+                         f'valid: {sorted(splits)}')
+    if alphas and FLAGS.tune_split == split:
+        print(f'Warning: tuning the length penalty on {split}, the split being scored: its '
+              'score is then optimistic. Score another split (--split).')
     sources, references = zip(*splits[split])
 
     runs = [(split, translator)]
@@ -44,6 +96,12 @@ def main(argv):
         averaged = inference.Translator(config, FLAGS.workdir, average_last=FLAGS.average_last)
         runs.append((f'{split}_avg{FLAGS.average_last}', averaged))
     for name, t in runs:
+        tuning = {}
+        if alphas:
+            print(f'Choosing the length penalty on {FLAGS.tune_split} for {t.description}')
+            tuning = {'length_penalty_tuning': {
+                'split': FLAGS.tune_split, 'tokenized_lowercased_bleu': tune_length_penalty(
+                    t, alphas, splits[FLAGS.tune_split], d.target_language)}}
         print(f'Translating {len(sources)} sentences of {split} with {t.description}')
         hypotheses = t.translate(list(sources))
         evaluate.score_and_write(FLAGS.workdir, name, t.steps[-1], sources, hypotheses,
@@ -51,7 +109,7 @@ def main(argv):
                                  num_samples=config.eval.num_samples,
                                  extra={'checkpoint_steps': t.steps, 'beam_size': t.beam_size,
                                         'length_penalty': t.alpha,
-                                        'mbr_samples': t.mbr_samples})
+                                        'mbr_samples': t.mbr_samples, **tuning})
 
 
 if __name__ == '__main__':

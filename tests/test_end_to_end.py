@@ -110,6 +110,28 @@ def test_eval_with_minimum_bayes_risk_decoding(trained, data_dir):
     assert len((workdir / 'hypotheses_validation.txt').read_text().splitlines()) == 40
 
 
+def test_eval_chooses_the_length_penalty_on_the_tuning_split(trained, data_dir):
+    workdir = trained[0]
+    out = run('eval.py', *tiny(data_dir, workdir, '--tune_length_penalty=0,2.5'))
+    result = json.loads((workdir / 'eval_test.json').read_text())
+    tuning = result['length_penalty_tuning']
+    assert tuning['split'] == 'validation' and list(tuning['tokenized_lowercased_bleu']) == ['0', '2.5']
+    scores = tuning['tokenized_lowercased_bleu']
+    assert result['length_penalty'] == float(max(scores, key=scores.get))
+    assert f"alpha {result['length_penalty']})" in out.stdout  # the test split used it
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--tune_length_penalty=0.6,x'], "'x' is not a number >= 0"),
+    (['--tune_length_penalty=-1'], "'-1' is not a number >= 0"),
+    (['--tune_length_penalty=1', '--tune_split=dev'], "--tune_split='dev' not in numbers_de"),
+    (['--tune_length_penalty=1', '--config.eval.beam_size=1'], 'needs beam search'),
+])
+def test_eval_length_penalty_tuning_errors(trained, data_dir, args, message):
+    out = run('eval.py', *tiny(data_dir, trained[0], *args), check=False)
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+
+
 def test_make_figures_draws_every_figure_from_a_trained_run(trained, data_dir, tmp_path):
     workdir = trained[0]
     if not (workdir / 'eval_test.json').exists():  # the BLEU chart reads eval.py's output

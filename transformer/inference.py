@@ -130,22 +130,35 @@ class Translator:
             raise ValueError(f'beam_size={self.beam_size}; expected >= 1')
         self.max_source_length = config.data.max_source_length
         self.batch_size = e.batch_size
-        self._decode = make_decoder(self.graphdef, max_decode_len=e.max_decode_len,
-                                    beam_size=self.beam_size, alpha=self.alpha,
-                                    length_offset=e.decode_length_offset or None)
+        self._eval_config = e
+        self._workdir = workdir
+        self.set_length_penalty(self.alpha)
         self.mbr_samples = e.get('mbr_samples', 0)  # (absent from older runs' config.json)
         if self.mbr_samples:
             self._sample = make_sampler(self.graphdef, max_decode_len=e.max_decode_len,
                                         epsilon=e.mbr_epsilon)
             self._rng = jax.random.key(config.seed)
             self._utility_tokenize = metrics.lowercase_tokenizer(config.data.target_language)
+
+    def set_length_penalty(self, alpha: float) -> None:
+        """Decodes with GNMT length penalty ``alpha`` from now on (the parameters stay)."""
+        if alpha < 0:
+            raise ValueError(f'length penalty alpha={alpha}; expected >= 0')
+        e = self._eval_config
+        self.alpha = alpha
+        self._decode = make_decoder(self.graphdef, max_decode_len=e.max_decode_len,
+                                    beam_size=self.beam_size, alpha=alpha,
+                                    length_offset=e.decode_length_offset or None)
+
+    @property
+    def description(self) -> str:
+        """What translates: workdir, checkpoint step(s), search and its settings."""
         steps = (f'average of steps {self.steps}' if len(self.steps) > 1
                  else f'step {self.steps[0]}')
-        self.description = (f'{workdir} ({steps}, '
-                            + (f'beam {self.beam_size}, alpha {self.alpha}' if self.beam_size > 1
-                               else 'greedy')
-                            + (f'; MBR over {self.mbr_samples} samples, epsilon {e.mbr_epsilon})'
-                               if self.mbr_samples else ')'))
+        search = f'beam {self.beam_size}, alpha {self.alpha}' if self.beam_size > 1 else 'greedy'
+        mbr_part = (f'; MBR over {self.mbr_samples} samples, epsilon '
+                    f'{self._eval_config.mbr_epsilon}' if self.mbr_samples else '')
+        return f'{self._workdir} ({steps}, {search}{mbr_part})'
 
     @classmethod
     def from_workdir(cls, workdir: str, **kwargs) -> Translator:
