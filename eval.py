@@ -80,15 +80,16 @@ def main(argv):
         raise SystemExit(f'Error: {e}') from None
     if split not in splits:
         raise SystemExit(f'Error: split {split!r} not in {d.dataset}; valid: {sorted(splits)}')
-    if alphas and translator.beam_size == 1:
-        raise SystemExit('Error: --tune_length_penalty needs beam search, but '
-                         'config.eval.beam_size=1 (greedy decoding has no length penalty).')
-    if alphas and FLAGS.tune_split not in splits:
-        raise SystemExit(f'Error: --tune_split={FLAGS.tune_split!r} not in {d.dataset}; '
-                         f'valid: {sorted(splits)}')
-    if alphas and FLAGS.tune_split == split:
-        print(f'Warning: tuning the length penalty on {split}, the split being scored: its '
-              'score is then optimistic. Score another split (--split).')
+    if alphas:
+        if translator.beam_size == 1:
+            raise SystemExit('Error: --tune_length_penalty needs beam search, but '
+                             'config.eval.beam_size=1 (greedy decoding has no length penalty).')
+        if FLAGS.tune_split not in splits:
+            raise SystemExit(f'Error: --tune_split={FLAGS.tune_split!r} not in {d.dataset}; '
+                             f'valid: {sorted(splits)}')
+        if FLAGS.tune_split == split:
+            print(f'Warning: tuning the length penalty on {split}, the split being scored: '
+                  'its score is then optimistic. Score another split (--split).')
     sources, references = zip(*splits[split])
 
     runs = [(split, translator)]
