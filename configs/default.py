@@ -57,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.share_embeddings = True
     config.model.dtype = 'float32'
     config.model.param_dtype = 'float32'
+    # Operands of the projection and output-layer matmuls, forward and backward (float32
+    # accumulation); '' = model.dtype. 'bfloat16' with float32 dtype is mixed precision.
+    config.model.matmul_dtype = ''
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32          # rows; x (36 + 24) tokens, ~125 pairs when packed

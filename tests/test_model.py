@@ -180,6 +180,47 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(rng):
     np.testing.assert_allclose(logits, make_model()(src, tgt), atol=0.1)
 
 
+def test_mixed_precision_matmul_gradients_use_bfloat16_operands(rng):
+    """matmul_dtype=bfloat16: the gradients are those of the float32 product of the rounded
+    operands, and every dot of the backward pass (not only the forward) takes bfloat16."""
+    x = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+
+    def loss(x, w, operand_dtype):
+        return jnp.sum(g * layers.matmul(x, w, jnp.float32, operand_dtype))
+
+    grad_x, grad_w = jax.grad(loss, argnums=(0, 1))(x, w, jnp.bfloat16)
+    assert grad_x.dtype == grad_w.dtype == jnp.float32
+    rounded = [a.astype(jnp.bfloat16).astype(jnp.float32) for a in (x, w, g)]
+    np.testing.assert_allclose(grad_x, rounded[2] @ rounded[1].T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad_w, rounded[0].T @ rounded[2], rtol=1e-5, atol=1e-5)
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, w, jnp.bfloat16)
+    dots = [eqn for eqn in _all_equations(jaxpr.jaxpr) if eqn.primitive.name == 'dot_general']
+    assert len(dots) == 3
+    assert all(var.aval.dtype == jnp.bfloat16 for eqn in dots for var in eqn.invars)
+
+
+def _all_equations(jaxpr):
+    """The equations of a jaxpr and of every jaxpr nested in their parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            inner = getattr(param, 'jaxpr', param)
+            if hasattr(inner, 'eqns'):
+                yield from _all_equations(inner)
+
+
+def test_mixed_precision_model_tracks_float32_and_trains_float32_parameters(rng):
+    model = make_model(matmul_dtype='bfloat16')
+    src, tgt = random_tokens(rng, 2, 5), random_tokens(rng, 2, 4)
+    logits = model(src, tgt)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, make_model()(src, tgt), atol=0.05)
+    grads = nnx.grad(lambda m: jnp.sum(m(src, tgt) ** 2))(model)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(grads))
+
+
 def test_a_key_bias_would_change_nothing(rng):
     q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 4, 8)), jnp.float32) for _ in range(3))
     bias = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)

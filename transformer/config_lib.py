@@ -30,6 +30,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ('dtype', 'param_dtype'):
         _check(m[key] in model_lib.DTYPES, f'model.{key}', m[key],
                f'expected one of {sorted(model_lib.DTYPES)}')
+    _check(m.matmul_dtype in ('', *model_lib.DTYPES), 'model.matmul_dtype', m.matmul_dtype,
+           f"expected '' (= model.dtype) or one of {sorted(model_lib.DTYPES)}")
     _check(m.positional in ('sinusoidal', 'learned'), 'model.positional', m.positional,
            "expected 'sinusoidal' or 'learned'")
     for key in ('dropout_rate', 'attention_dropout'):
@@ -89,4 +91,4 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
         m.variant, vocab_size, dropout_rate=m.dropout_rate,
         attention_dropout=m.attention_dropout, max_len=m.max_len, positional=m.positional,
         pre_ln=m.pre_ln, share_embeddings=m.share_embeddings, dtype=m.dtype,
-        param_dtype=m.param_dtype)
+        param_dtype=m.param_dtype, matmul_dtype=m.matmul_dtype or None)

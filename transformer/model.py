@@ -54,6 +54,9 @@ class ModelConfig:
     share_embeddings: bool = True      # one matrix for source, target and output (3.4)
     dtype: Any = jnp.float32           # compute dtype
     param_dtype: Any = jnp.float32
+    # Operands of the projection and output-layer matmuls (float32 accumulation), forward
+    # and backward; None = dtype. bfloat16 with float32 dtype is mixed precision.
+    matmul_dtype: Any = None
 
     @classmethod
     def make(cls, variant: str, vocab_size: int, **kwargs) -> ModelConfig:
@@ -61,7 +64,7 @@ class ModelConfig:
         if variant not in SIZES:
             raise ValueError(f'Unknown model variant {variant!r}; valid: {sorted(SIZES)}')
         d_model, d_ff, heads, enc, dec = SIZES[variant]
-        for key in ('dtype', 'param_dtype'):
+        for key in ('dtype', 'param_dtype', 'matmul_dtype'):
             if isinstance(kwargs.get(key), str):
                 if kwargs[key] not in DTYPES:
                     raise ValueError(f'Unknown {key} {kwargs[key]!r}; valid: {sorted(DTYPES)}')
@@ -71,7 +74,8 @@ class ModelConfig:
 
     def block(self) -> layers.BlockConfig:
         return layers.BlockConfig(self.d_model, self.d_ff, self.num_heads, self.dropout_rate,
-                                  self.attention_dropout, self.pre_ln, self.dtype, self.param_dtype)
+                                  self.attention_dropout, self.pre_ln, self.dtype, self.param_dtype,
+                                  self.matmul_dtype)
 
 
 def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
@@ -127,6 +131,7 @@ class Embedder(nnx.Module):
                                                  cfg.param_dtype), logical_axes=('length', 'embed'))
         self.d_model = cfg.d_model
         self.dtype = cfg.dtype
+        self.matmul_dtype = cfg.matmul_dtype
 
     def __call__(self, tokens: Array, positions: Array) -> Array:
         """tokens, positions: [b, l] int -> [b, l, d]."""
@@ -139,8 +144,10 @@ class Embedder(nnx.Module):
 
     def attend(self, y: Array) -> Array:
         """Output logits with the embedding as pre-softmax matrix: [b, l, d] -> [b, l, V] float32."""
-        return jnp.einsum('bld,vd->blv', y, self.table[...].astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        *lead, d = y.shape
+        logits = layers.matmul(y.reshape(-1, d), self.table[...].T, jnp.float32,  # [b*l, V]
+                               self.matmul_dtype or self.dtype)
+        return logits.reshape(*lead, -1)
 
 
 class EncoderDecoder(nnx.Module):
@@ -237,8 +244,10 @@ class EncoderDecoder(nnx.Module):
             y = self.decoder_norm(y)
         if self.output is None:
             return self.target_embed.attend(y)
-        return jnp.einsum('btd,dv->btv', y, self.output.kernel[...].astype(self.cfg.dtype),
-                          preferred_element_type=jnp.float32)
+        *lead, d = y.shape
+        logits = layers.matmul(y.reshape(-1, d), self.output.kernel[...], jnp.float32,  # [b*t, V]
+                               self.cfg.matmul_dtype or self.cfg.dtype)
+        return logits.reshape(*lead, -1)
 
     # -- incremental decoding ------------------------------------------------------------
 
