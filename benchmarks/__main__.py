@@ -25,13 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> (implementation, function, keyword arguments)
 CASES = {'matmul_peaks': ('jax', 'matmul_peaks', {})}
 for _size in ('small', 'base'):
-    for _dtype in ('float32', 'bfloat16'):
+    for _dtype in ('float32', 'bfloat16', 'mixed'):
         for _dropout in (0.1, 0.0):
             _suffix = '' if _dropout else '_nodropout'
             CASES[f'train_{_size}_{_dtype}{_suffix}'] = (
                 'jax', 'train_step', dict(size=_size, dtype=_dtype, dropout=_dropout))
-        CASES[f'torch_train_{_size}_{_dtype}'] = (
-            'torch', 'train_step', dict(size=_size, dtype=_dtype, dropout=0.1))
+        if _dtype != 'mixed':
+            CASES[f'torch_train_{_size}_{_dtype}'] = (
+                'torch', 'train_step', dict(size=_size, dtype=_dtype, dropout=0.1))
 for _kind in ('beam', 'greedy'):
     for _dtype in ('float32', 'bfloat16'):
         CASES[f'{_kind}_small_{_dtype}'] = ('jax', 'decoding', dict(kind=_kind, dtype=_dtype))
@@ -40,6 +41,7 @@ CASES['train_small_float32_malloc_defaults'] = CASES['train_small_float32']
 MALLOC_DEFAULTS_SUFFIX = '_malloc_defaults'
 CASES['input_pipeline'] = ('jax', 'input_pipeline', {})
 CASES['dropout_masks'] = ('jax', 'dropout_masks', {})
+CASES['loss_head'] = ('jax', 'loss_head', {})
 
 
 def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
@@ -92,7 +94,8 @@ def ratios(results: list[dict]) -> list[str]:
     by_case = {r['case']: r for r in results}
     lines = []
     for size in ('small', 'base'):
-        ours = [by[k] for k in (f'train_{size}_float32', f'train_{size}_bfloat16') if k in by]
+        ours = [by[k] for k in (f'train_{size}_float32', f'train_{size}_bfloat16',
+                                f'train_{size}_mixed') if k in by]
         peers = [by[k] for k in (f'torch_train_{size}_float32', f'torch_train_{size}_bfloat16')
                  if k in by]
         if ours and peers:
@@ -114,6 +117,18 @@ def ratios(results: list[dict]) -> list[str]:
                      f'{1000 * tuned["step_s"]:.0f} ms vs {1000 * defaults["step_s"]:.0f} ms with '
                      f'glibc malloc defaults = {tuned["step_s"] / defaults["step_s"]:.2f}x; peak '
                      f'{tuned["peak_rss_mib"]:,.0f} vs {defaults["peak_rss_mib"]:,.0f} MiB')
+    for size in ('small', 'base'):
+        mixed, f32 = by.get(f'train_{size}_mixed'), by.get(f'train_{size}_float32')
+        if mixed and f32:
+            lines.append(f'mixed precision (bfloat16 matmul operands, float32 elsewhere): {size} '
+                         f'step {1000 * mixed["step_s"]:.0f} ms vs {1000 * f32["step_s"]:.0f} ms '
+                         f'float32 = {mixed["step_s"] / f32["step_s"]:.2f}x')
+    head = by_case.get('loss_head')
+    if head and 'reference_step_s' in head:
+        lines.append(f'loss head (logits, smoothed loss and their gradients): '
+                     f'{1000 * head["step_s"]:.1f} ms (own gradient) vs '
+                     f'{1000 * head["reference_step_s"]:.1f} ms (autodiff through log_softmax) = '
+                     f'{head["step_s"] / head["reference_step_s"]:.2f}x')
     masks = by_case.get('dropout_masks')
     if masks and 'reference_step_s' in masks:
         lines.append(f'dropout masks of a small step: {1000 * masks["step_s"]:.0f} ms (a byte per '

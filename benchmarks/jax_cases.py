@@ -46,7 +46,9 @@ def _synthetic_batch(batch: int, src_len: int, tgt_len: int, vocab: int) -> dict
 def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeats: int = 5) -> dict:
     """One optimizer step (forward, backward, Adam) of our model on a synthetic batch."""
     variant, vocab, batch, src_len, tgt_len = TRAIN_SIZES[size]
-    cfg = ModelConfig.make(variant, vocab, dropout_rate=dropout, dtype=dtype)
+    # 'mixed': float32 activations, bfloat16 matmul operands in both passes.
+    precision = dict(matmul_dtype='bfloat16') if dtype == 'mixed' else dict(dtype=dtype)
+    cfg = ModelConfig.make(variant, vocab, dropout_rate=dropout, **precision)
     model = EncoderDecoder(cfg, rngs=nnx.Rngs(0))
     optimizer = train_lib.make_optimizer(1e-4, 100)
     graphdef, state = train_lib.init_state(model, optimizer)
@@ -111,15 +113,54 @@ def dropout_masks(*, rate: float = 0.1, warmup: int = 1, repeats: int = 7) -> di
     x = jnp.ones((17, 64, 32, 256))
     fns = {'step_s': jax.jit(lambda x, key: layers.dropout(x, rate, key)),
            'reference_step_s': jax.jit(bernoulli)}
+    out = _alternate(fns, (x, jax.random.key(0)), warmup, repeats)
+    return {**out, 'elements_per_s': x.size / out['step_s'], 'peak_rss_mib': peak_rss_mib()}
+
+
+def _alternate(fns: dict, args: tuple, warmup: int, repeats: int) -> dict:
+    """Median seconds of each jitted function, calls alternating so all see the same machine."""
     times = {name: [] for name in fns}
     for i in range(warmup + repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn(x, jax.random.key(i)).block_until_ready()
+            jax.block_until_ready(fn(*args))
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
-    out = {name: float(np.median(t)) for name, t in times.items()}
-    return {**out, 'elements_per_s': x.size / out['step_s'], 'peak_rss_mib': peak_rss_mib()}
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def loss_head(*, warmup: int = 2, repeats: int = 15) -> dict:
+    """The output layer and label-smoothed loss of a Multi30k step, with their gradients.
+
+    16 x 64 decoder states of width 256 against a 4,000-token embedding: our loss with its
+    own gradient (``train_lib.token_losses``) against autodiff of the textbook version
+    (log_softmax, a one-hot smoothed target, argmax accuracy), alternating.
+    """
+    from transformer import layers
+
+    rows, d, vocab, eps = 16 * 64, 256, 4000, 0.1
+    key = jax.random.key(0)
+    y = jax.random.normal(key, (rows, d))
+    table = jax.random.normal(jax.random.fold_in(key, 1), (vocab, d)) * d ** -0.5
+    targets = jax.random.randint(jax.random.fold_in(key, 2), (rows,), 4, vocab)
+
+    def ours(y, table):
+        loss, nll, correct = train_lib.token_losses(
+            layers.matmul(y, table.T, jnp.float32), targets, eps)
+        return jnp.sum(loss), (jnp.sum(nll), jnp.sum(correct))
+
+    def textbook(y, table):
+        logits = y @ table.T
+        log_p = jax.nn.log_softmax(logits)
+        q = jnp.where(jax.nn.one_hot(targets, vocab) > 0, 1 - eps, eps / (vocab - 1))
+        nll = -jnp.take_along_axis(log_p, targets[:, None], -1)
+        correct = jnp.argmax(logits, -1) == targets
+        return -jnp.sum(q * log_p), (jnp.sum(nll), jnp.sum(correct))
+
+    fns = {name: jax.jit(jax.grad(fn, argnums=(0, 1), has_aux=True))
+           for name, fn in (('step_s', ours), ('reference_step_s', textbook))}
+    out = _alternate(fns, (y, table), warmup, repeats)
+    return {**out, 'tokens_per_s': rows / out['step_s'], 'peak_rss_mib': peak_rss_mib()}
 
 
 def input_pipeline(manual_dir: str, *, batches: int = 30) -> dict:

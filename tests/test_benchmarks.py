@@ -40,6 +40,20 @@ def test_the_dropout_mask_case_is_reported_against_its_reference():
     assert '180,000,000 elem/s' in table(results)
 
 
+def test_mixed_precision_and_loss_head_are_reported_against_float32_and_autodiff():
+    results = [{'case': 'train_small_float32', 'dtype': 'float32', 'step_s': 0.2,
+                'tokens_per_s': 5000.0},
+               {'case': 'train_small_mixed', 'dtype': 'mixed', 'step_s': 0.15,
+                'tokens_per_s': 6000.0},
+               {'case': 'loss_head', 'step_s': 0.01, 'reference_step_s': 0.04,
+                'tokens_per_s': 1e5, 'peak_rss_mib': 300.0}]
+    assert ratios(results) == [
+        'mixed precision (bfloat16 matmul operands, float32 elsewhere): small step 150 ms vs '
+        '200 ms float32 = 0.75x',
+        'loss head (logits, smoothed loss and their gradients): 10.0 ms (own gradient) vs '
+        '40.0 ms (autodiff through log_softmax) = 0.25x']
+
+
 def test_every_case_the_issue_names_exists():
     for size in ('small', 'base'):
         for dtype in ('float32', 'bfloat16'):

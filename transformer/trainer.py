@@ -169,12 +169,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = metrics.MetricWriter(run.workdir, enabled=is_chief())
 
     # 4. The loop: step; every log_every steps log, every eval_every evaluate, every
-    #    checkpoint_every save. Metric sums stay on device between logs (no per-step sync);
-    #    so does the first step whose loss was not finite, which is checked before any save.
+    #    checkpoint_every save. Metric sums stay on device between logs (no per-step sync or
+    #    dispatch); whether a step's loss was not finite is checked before any save.
     progress = tqdm(total=t.num_steps, initial=start, desc='train', unit='step',
                     dynamic_ncols=True, mininterval=1.0, disable=not is_chief())
-    sums, tokens, tick = None, 0, time.perf_counter()
-    first_nonfinite = jnp.zeros((), jnp.int32)
+    pending, tokens, tick = [], 0, time.perf_counter()  # per-step metric sums since the last log
     val_metrics: dict[str, float] = {}
     try:
         with StopOnSignal() as stop:
@@ -182,25 +181,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 local = next(train_iter)
                 tokens += int(np.count_nonzero(local['targets'])) * jax.process_count()
                 state, step_sums = train_step(state, sharding.global_batch(local, batch_sharding))
-                sums = step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
-                first_nonfinite = jnp.where((first_nonfinite == 0) & (step_sums['nonfinite'] > 0),
-                                            step, first_nonfinite)
+                pending.append((step, step_sums))  # no work dispatched per step beyond the step
                 progress.update(1)
                 last = step == t.num_steps
                 stopping = stop.signal is not None  # read once: a signal may land mid-iteration
                 save = step % t.checkpoint_every == 0 or last or stopping
 
                 if step % t.log_every == 0 or last or save:
-                    _check_finite(int(first_nonfinite), run.checkpointer)
+                    _check_finite(pending, run.checkpointer)
                 if step % t.log_every == 0 or last:
-                    summary = train_lib.summarize(sums)
+                    summary = train_lib.summarize(_total(pending))
                     summary.update(tokens_per_sec=tokens / (time.perf_counter() - tick),
                                    learning_rate=float(schedule(step - 1)))
                     writer.write(step, 'train', summary)
                     progress.set_postfix(loss=f'{summary["loss"]:.3f}',
                                          acc=f'{summary["accuracy"]:.1f}%',
                                          tok_s=f'{summary["tokens_per_sec"]:,.0f}')
-                    sums, tokens, tick = None, 0, time.perf_counter()
+                    pending, tokens, tick = [], 0, time.perf_counter()
 
                 if step % t.eval_every == 0 or last:
                     batches = _take(data.eval_batches(run.splits['validation'], run.tokenizer,
@@ -298,7 +295,18 @@ class TrainingInterrupted(Exception):
                          f'{directory}. Run the same command again to resume from it.')
 
 
-def _check_finite(first_bad_step: int, checkpointer: checkpoint.Checkpointer) -> None:
+def _total(pending: list[tuple[int, dict]]) -> dict:
+    """The metric sums of the steps in ``pending``, added up in one computation."""
+    return jax.tree.map(lambda *sums: jnp.sum(jnp.stack(sums)), *(s for _, s in pending))
+
+
+def _check_finite(pending: list[tuple[int, dict]], checkpointer: checkpoint.Checkpointer) -> None:
+    """Raises ``NonFiniteLossError`` naming the first step in ``pending`` with a non-finite
+    loss or gradient (``pending``: (step, metric sums) since the last log)."""
+    if not pending:
+        return
+    flags = np.asarray(jnp.stack([s['nonfinite'] for _, s in pending]))
+    first_bad_step = next((step for (step, _), bad in zip(pending, flags) if bad > 0), 0)
     if first_bad_step:
         raise NonFiniteLossError(
             f'The loss or gradient became NaN or infinite at step {first_bad_step}. Training '
