@@ -67,6 +67,20 @@ def test_tokenizer_reserves_pad_unk_bos_eos_and_round_trips(pairs_and_tokenizer,
     assert data.Tokenizer.load(str(tmp_path / 'tok.model')).encode('zwei') == tokenizer.encode('zwei')
 
 
+def test_tokenized_once_equals_tokenizing_each_example(pairs_and_tokenizer, monkeypatch):
+    pairs, tokenizer = pairs_and_tokenizer
+    pairs = pairs[:300] + [('  padded  ', ''), ('', 'x')]  # strip; empty sides
+    monkeypatch.setattr(data.TokenizedPairs, 'CHUNK', 64)  # several chunks, a partial last one
+    tokenized = data.TokenizedPairs(pairs, tokenizer)
+    assert len(tokenized) == len(pairs) and tokenized._sides[0][0].dtype == np.uint16
+    tokenize = data.Tokenize(tokenizer)
+    for i, pair in enumerate(pairs):
+        expected, got = tokenize.map(pair), tokenized[i]
+        assert expected.keys() == got.keys()
+        for key in expected:
+            assert got[key].dtype == np.int32 and np.array_equal(got[key], expected[key]), (i, key)
+
+
 def test_packed_batches_keep_examples_whole_and_padding_low(pairs_and_tokenizer):
     pairs, tokenizer = pairs_and_tokenizer
     lengths = data.Lengths(36, 24)

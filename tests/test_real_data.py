@@ -103,8 +103,9 @@ def test_multi30k_configs_hold_the_measured_recipes():
     assert (de_en.data.builder_kwargs.reverse, de_en.data.target_language) == (False, 'en')
     assert (en_de.data.builder_kwargs.reverse, en_de.data.target_language) == (True, 'de')
     assert (de_en.data.vocab_size, de_en.train.batch_size, de_en.train.num_steps) == (8000, 32, 2300)
-    assert (en_de.data.vocab_size, en_de.train.batch_size, en_de.train.num_steps) == (4000, 16, 10000)
-    assert (de_en.model.dropout_rate, en_de.model.dropout_rate) == (0.1, 0.2)
+    assert (en_de.data.vocab_size, en_de.train.batch_size, en_de.train.num_steps) == (4000, 16, 14000)
+    assert (de_en.model.dropout_rate, en_de.model.dropout_rate) == (0.1, 0.25)
+    assert (de_en.model.matmul_dtype, en_de.model.matmul_dtype) == ('', 'bfloat16')
     assert (de_en.data.lowercase, en_de.data.lowercase) == (False, True)
     assert (de_en.eval.length_penalty, en_de.eval.length_penalty) == (0.6, 1.0)
     for config in (de_en, en_de):  # 160 validation rows; the last 5 checkpoints span the end
