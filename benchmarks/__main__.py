@@ -89,6 +89,15 @@ def add_utilization(results: list[dict]) -> None:
             r['mfu_vs_bfloat16_peak'] = achieved / peaks['peak_gflops_bfloat16']
 
 
+# Cases timed against a reference in the same process: (what, ours, the reference, decimals).
+AGAINST_REFERENCE = {
+    'loss_head': ('loss head (logits, smoothed loss and their gradients)', 'own gradient',
+                  'autodiff through log_softmax', 1),
+    'dropout_masks': ('dropout masks of a small step', 'a byte per element',
+                      'jax.random.bernoulli, a word per element', 0),
+}
+
+
 def ratios(results: list[dict]) -> list[str]:
     by = {r['case']: r for r in results if 'tokens_per_s' in r}
     by_case = {r['case']: r for r in results}
@@ -123,17 +132,12 @@ def ratios(results: list[dict]) -> list[str]:
             lines.append(f'mixed precision (bfloat16 matmul operands, float32 elsewhere): {size} '
                          f'step {1000 * mixed["step_s"]:.0f} ms vs {1000 * f32["step_s"]:.0f} ms '
                          f'float32 = {mixed["step_s"] / f32["step_s"]:.2f}x')
-    head = by_case.get('loss_head')
-    if head and 'reference_step_s' in head:
-        lines.append(f'loss head (logits, smoothed loss and their gradients): '
-                     f'{1000 * head["step_s"]:.1f} ms (own gradient) vs '
-                     f'{1000 * head["reference_step_s"]:.1f} ms (autodiff through log_softmax) = '
-                     f'{head["step_s"] / head["reference_step_s"]:.2f}x')
-    masks = by_case.get('dropout_masks')
-    if masks and 'reference_step_s' in masks:
-        lines.append(f'dropout masks of a small step: {1000 * masks["step_s"]:.0f} ms (a byte per '
-                     f'element) vs {1000 * masks["reference_step_s"]:.0f} ms (jax.random.bernoulli, '
-                     f'a word per element) = {masks["step_s"] / masks["reference_step_s"]:.2f}x')
+    for case, (what, ours, reference, digits) in AGAINST_REFERENCE.items():
+        r = by_case.get(case)
+        if r and 'reference_step_s' in r:
+            lines.append(f'{what}: {1000 * r["step_s"]:.{digits}f} ms ({ours}) vs '
+                         f'{1000 * r["reference_step_s"]:.{digits}f} ms ({reference}) = '
+                         f'{r["step_s"] / r["reference_step_s"]:.2f}x')
     return lines
 
 
