@@ -37,6 +37,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.max_source_length = 36
     config.data.max_target_length = 24
     config.data.pack = True
+    # Train one model both ways: every pair also appears reversed, its decoder input led by
+    # a piece of its own, so the forward direction gains what the other side teaches the
+    # shared encoder, decoder and embeddings. Decoding always goes source -> target.
+    config.data.bidirectional = False
     # Subword regularization: > 1 draws each training example's pieces from its this many
     # best segmentations, with probability ~ P^alpha (new ones each epoch; evaluation and
     # translation always use the best). 1 = off.

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from transformer import data, numbers_de, tasks
+from configs import default as default_config
+from transformer import config_lib, data, numbers_de, tasks
 
 
 @pytest.mark.parametrize('n,en,de', [
@@ -79,6 +80,37 @@ def test_tokenized_once_equals_tokenizing_each_example(pairs_and_tokenizer, monk
         assert expected.keys() == got.keys()
         for key in expected:
             assert got[key].dtype == np.int32 and np.array_equal(got[key], expected[key]), (i, key)
+
+
+def test_bidirectional_data_adds_every_pair_reversed_with_its_own_decoder_start():
+    pairs = numbers_de.make_splits(0, {'train': 300})['train']
+    tokenizer = data.train_tokenizer((t for p in pairs for t in p), 200, bidirectional=True)
+    reverse_bos = tokenizer.reverse_bos_id
+    assert reverse_bos not in (None, data.BOS_ID)
+    assert tokenizer.sp.id_to_piece(reverse_bos) == data.REVERSE_BOS
+    both = data.TokenizedPairs(pairs, tokenizer, reverse_bos_id=reverse_bos)
+    one_way = data.TokenizedPairs(pairs, tokenizer)
+    assert len(both) == 2 * len(one_way) == 600
+    for i in (0, 7, 299):
+        forward, backward = both[i], both[300 + i]
+        assert all(np.array_equal(forward[k], one_way[i][k]) for k in forward)
+        assert np.array_equal(backward['inputs'], forward['targets'])          # ... EOS
+        assert np.array_equal(backward['targets'][:-1], forward['inputs'][:-1])
+        assert backward['decoder_inputs'][0] == reverse_bos
+        assert np.array_equal(backward['decoder_inputs'][1:], forward['inputs'][:-1])
+    batch = next(iter(data.train_dataset(pairs, tokenizer, data.Lengths(36, 24), 8, seed=0,
+                                         bidirectional=True)))
+    first = (batch['decoder_inputs_positions'] == 0) & (batch['decoder_inputs_segment_ids'] > 0)
+    starts = batch['decoder_inputs'][first]
+    assert {data.BOS_ID, reverse_bos} == set(starts.tolist())  # both directions are mixed in
+    config = default_config.get_config()
+    config.data.update(bidirectional=True, subword_nbest=4)
+    with pytest.raises(config_lib.ConfigError, match='config.data.bidirectional=True'):
+        config_lib.validate(config)
+    plain = data.train_tokenizer((t for p in pairs for t in p), 200)
+    assert plain.reverse_bos_id is None
+    with pytest.raises(ValueError, match='needs a tokenizer trained with it'):
+        data.train_dataset(pairs, plain, data.Lengths(36, 24), 8, seed=0, bidirectional=True)
 
 
 def test_packed_batches_keep_examples_whole_and_padding_low(pairs_and_tokenizer):

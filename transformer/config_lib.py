@@ -67,6 +67,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
     _check(config.data.subword_nbest >= 1, 'data.subword_nbest', config.data.subword_nbest,
            'expected >= 1 (1 = always the best segmentation)')
+    _check(not (d.bidirectional and d.subword_nbest > 1), 'data.bidirectional', d.bidirectional,
+           'bidirectional training tokenizes once; it needs data.subword_nbest=1')
     _check(config.data.subword_alpha >= 0, 'data.subword_alpha', config.data.subword_alpha,
            'expected >= 0')
     _check(config.data.input_shards >= 0, 'data.input_shards', config.data.input_shards,

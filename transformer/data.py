@@ -29,6 +29,10 @@ import sentencepiece as spm
 log = logging.getLogger('transformer')
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# The decoder's first input for the reverse direction (target -> source) in bidirectional
+# training; a piece of its own in tokenizers trained for it. BOS_ID keeps meaning "translate
+# source -> target", so decoding never needs to know that a model was trained both ways.
+REVERSE_BOS = '<2src>'
 TOKENIZER_FILE = 'tokenizer.model'
 
 
@@ -50,6 +54,12 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
+
+    @property
+    def reverse_bos_id(self) -> int | None:
+        """The id of ``REVERSE_BOS``, or None for a tokenizer trained without it."""
+        i = self.sp.piece_to_id(REVERSE_BOS)
+        return None if i == UNK_ID else i
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text.strip())
@@ -109,11 +119,11 @@ class Tokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 'unigram',
                     character_coverage: float = 1.0, byte_fallback: bool = False,
-                    lowercase: bool = False) -> Tokenizer:
+                    lowercase: bool = False, bidirectional: bool = False) -> Tokenizer:
     """Trains a joint SentencePiece vocabulary on ``texts`` (source and target lines).
 
     ``lowercase`` case-folds text inside the model's normalizer, so encoding lowercases any
-    input and decoding yields lowercase text.
+    input and decoding yields lowercase text. ``bidirectional`` reserves ``REVERSE_BOS``.
     """
     proto = io.BytesIO()
     try:
@@ -123,6 +133,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 
             byte_fallback=byte_fallback,
             normalization_rule_name='nmt_nfkc_cf' if lowercase else 'nmt_nfkc',
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            user_defined_symbols=[REVERSE_BOS] if bidirectional else [],
             input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=1,
             hard_vocab_limit=False, minloglevel=2)
     except RuntimeError as e:
@@ -188,7 +199,8 @@ class TokenizedPairs(Sequence):
     CHUNK = 100_000  # sentences encoded at a time
 
 
-    def __init__(self, pairs: Sequence[Pair], tokenizer: Tokenizer):
+    def __init__(self, pairs: Sequence[Pair], tokenizer: Tokenizer, *,
+                 reverse_bos_id: int | None = None):
         dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max else np.int32
         self._sides = []
         for side in (0, 1):
@@ -200,15 +212,20 @@ class TokenizedPairs(Sequence):
                                          count=int(lengths[-1].sum())))
             self._sides.append((np.concatenate(flats or [np.zeros(0, dtype)]),
                                 np.cumsum(np.concatenate(lengths))))
+        self._pairs = len(pairs)
+        self._reverse_bos_id = reverse_bos_id
 
     def __len__(self) -> int:
-        return len(self._sides[0][1]) - 1
+        return self._pairs * (1 if self._reverse_bos_id is None else 2)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        (src, src_at), (tgt, tgt_at) = self._sides
-        source = src[src_at[index]:src_at[index + 1]].astype(np.int32)
-        target = tgt[tgt_at[index]:tgt_at[index + 1]].astype(np.int32)
-        eos, bos = np.array([EOS_ID], np.int32), np.array([BOS_ID], np.int32)
+        """Pair ``index``; with ``reverse_bos_id``, ``index`` >= the number of pairs is pair
+        ``index - pairs`` the other way round, its decoder input led by ``reverse_bos_id``."""
+        reverse, index = divmod(index, self._pairs)
+        source, target = ((flat[at[index]:at[index + 1]].astype(np.int32)
+                           for flat, at in self._sides[::-1 if reverse else 1]))
+        eos = np.array([EOS_ID], np.int32)
+        bos = np.array([self._reverse_bos_id if reverse else BOS_ID], np.int32)
         return {'inputs': np.concatenate([source, eos]), 'targets': np.concatenate([target, eos]),
                 'decoder_inputs': np.concatenate([bos, target])}
 
@@ -244,7 +261,7 @@ def pad(example, lengths: Lengths):
 def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, batch_size: int,
                   seed: int, *, pack: bool = True, shard_index: int = 0,
                   num_shards: int = 1, subword_nbest: int = 1,
-                  subword_alpha: float = 0.5) -> grain.IterDataset:
+                  subword_alpha: float = 0.5, bidirectional: bool = False) -> grain.IterDataset:
     """Shuffled (anew each epoch), endless, tokenized, length-filtered batches.
 
     With ``pack`` each of the ``batch_size`` rows holds as many whole examples as fit
@@ -258,14 +275,23 @@ def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, bat
     With ``subword_nbest`` > 1 each example's pieces are drawn from that many best
     segmentations (``SampleTokenize``), seeded by position in the stream, so resuming
     replays them too.
+    With ``bidirectional`` every pair also appears reversed (target -> source, decoder input
+    led by the tokenizer's ``REVERSE_BOS``): one model learns both directions from the same
+    sentences, and BOS still asks for the forward one.
     """
     shard = pairs[shard_index::num_shards]
+    reverse_bos_id = tokenizer.reverse_bos_id if bidirectional else None
+    if bidirectional and (reverse_bos_id is None or subword_nbest > 1):
+        raise ValueError('bidirectional training needs a tokenizer trained with it (a workdir '
+                         f'started without data.bidirectional has no {REVERSE_BOS} piece) and '
+                         'data.subword_nbest=1')
     if subword_nbest > 1:  # new pieces every epoch: tokenize in 2 reader threads
         ds = grain.MapDataset.source(shard).shuffle(seed=seed).repeat()
         ds = ds.random_map(SampleTokenize(tokenizer, subword_nbest, subword_alpha), seed=seed)
         read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=512)
     else:  # tokenized once; reading is then cheaper than handing work to reader threads
-        ds = grain.MapDataset.source(TokenizedPairs(shard, tokenizer)).shuffle(seed=seed).repeat()
+        tokenized = TokenizedPairs(shard, tokenizer, reverse_bos_id=reverse_bos_id)
+        ds = grain.MapDataset.source(tokenized).shuffle(seed=seed).repeat()
         read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     ds = ds.filter(lambda ex: fits(ex, lengths))
     if not pack:
@@ -314,7 +340,7 @@ class ShardedBatches:
     def __init__(self, pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths,
                  rows_per_shard: int, seed: int, *, pack: bool, num_shards: int,
                  process_index: int = 0, process_count: int = 1, subword_nbest: int = 1,
-                 subword_alpha: float = 0.5):
+                 subword_alpha: float = 0.5, bidirectional: bool = False):
         if num_shards % process_count:
             raise ValueError(f'data.input_shards={num_shards} cannot be split over '
                              f'{process_count} processes; use a multiple of {process_count}.')
@@ -323,7 +349,8 @@ class ShardedBatches:
         self.iterators = [iter(train_dataset(pairs, tokenizer, lengths, rows_per_shard, seed,
                                              pack=pack, shard_index=i, num_shards=num_shards,
                                              subword_nbest=subword_nbest,
-                                             subword_alpha=subword_alpha))
+                                             subword_alpha=subword_alpha,
+                                             bidirectional=bidirectional))
                           for i in self.shards]
 
     def __iter__(self):

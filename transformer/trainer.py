@@ -74,7 +74,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                **d.builder_kwargs)
     if is_chief():
         tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size,
-                                       lowercase=d.lowercase)
+                                       lowercase=d.lowercase, bidirectional=d.bidirectional)
         if d.lowercase:  # eval.py and translate.py restore case to the lowercase output
             recase.get_recaser(workdir, (target for _, target in splits['train']))
     sharding.barrier('tokenizer')  # the others load what process 0 trained
@@ -271,7 +271,8 @@ def _train_batches(run: Run) -> data.ShardedBatches:
                                num_shards=num_shards, process_index=jax.process_index(),
                                process_count=jax.process_count(),
                                subword_nbest=config.data.subword_nbest,
-                               subword_alpha=config.data.subword_alpha)
+                               subword_alpha=config.data.subword_alpha,
+                               bidirectional=config.data.bidirectional)
 
 
 def _gather_data_state(train_iter: data.ShardedBatches) -> dict:
