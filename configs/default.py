@@ -73,6 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.warmup_steps = 400
     config.train.schedule = 'rsqrt'       # after warmup: 'rsqrt' (the paper) or 'linear' to 0
     config.train.label_smoothing = 0.1
+    # R-Drop: > 0 runs each batch twice under different dropout masks and adds this times
+    # the symmetric KL between the two predictions to the loss (~2x the step's cost).
+    config.train.rdrop_alpha = 0.0
     config.train.adam_b1 = 0.9
     config.train.adam_b2 = 0.98
     config.train.adam_eps = 1e-9

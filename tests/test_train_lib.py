@@ -112,3 +112,64 @@ def test_packed_batch_gives_each_example_the_loss_it_has_alone():
                                        rtol=1e-5)
             checked += 1
     assert checked > 4  # more examples than rows: rows hold several
+
+
+def test_consistency_kl_is_the_symmetric_kl_of_the_two_halves(rng):
+    logits = jnp.asarray(rng.normal(size=(4, 3, 7)) * 2, jnp.float32)
+    weights = jnp.asarray([[1, 1, 0], [1, 0, 0]], jnp.float32)
+    p = np.asarray(jax.nn.softmax(logits))
+    p1, p2 = p[:2], p[2:]
+    kl = lambda a, b: np.sum(a * (np.log(a) - np.log(b)), -1)  # noqa: E731
+    expected = np.sum(0.5 * (kl(p1, p2) + kl(p2, p1)) * np.asarray(weights))
+    assert float(train_lib.consistency_kl(logits, weights)) == pytest.approx(expected, rel=1e-5)
+    same = jnp.concatenate([logits[:2], logits[:2]])
+    assert float(train_lib.consistency_kl(same, weights)) == pytest.approx(0.0, abs=1e-6)
+
+
+def _repeated_batch(rng):
+    tgt = random_tokens(rng, 8, 6, min_len=3)
+    return {'inputs': random_tokens(rng, 8, 7, min_len=3), 'targets': tgt,
+            'decoder_inputs': np.concatenate([np.full((8, 1), 2, np.int32), tgt[:, :-1]], 1)}
+
+
+def test_rdrop_without_dropout_takes_the_plain_step(rng):
+    """Two passes with no dropout are identical: no KL, and the same update as one pass."""
+    batch = _repeated_batch(rng)
+    optimizer = train_lib.make_optimizer(3e-3, 10)
+    states = []
+    for alpha in (0.0, 5.0):
+        graphdef, state = train_lib.init_state(make_model(dropout_rate=0.0), optimizer)
+        step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=0.1,
+                                         dropout_seed=0, rdrop_alpha=alpha)
+        state, sums = step(state, batch)
+        states.append(state)
+    assert float(sums['consistency']) == pytest.approx(0.0, abs=1e-4)
+    for plain, rdrop in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
+        np.testing.assert_allclose(rdrop, plain, atol=1e-6)
+
+
+def test_rdrop_step_learns_and_shrinks_the_gap_between_passes(rng):
+    batch = _repeated_batch(rng)
+    optimizer = train_lib.make_optimizer(3e-3, 10)
+    graphdef, state = train_lib.init_state(make_model(dropout_rate=0.1), optimizer)
+    step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=0.1, dropout_seed=0,
+                                     rdrop_alpha=5.0)
+    summaries = []
+    for _ in range(40):
+        state, sums = step(state, batch)
+        summaries.append(train_lib.summarize(sums))
+    assert summaries[0]['consistency'] > 0
+    assert summaries[-1]['loss'] < 0.5 * summaries[0]['loss']
+    assert summaries[-1]['consistency'] < summaries[0]['consistency']
+
+
+def test_rdrop_without_any_dropout_is_refused():
+    from configs import default
+    from transformer import config_lib
+    config = default.get_config()
+    config.model.dropout_rate = 0.0
+    config.train.rdrop_alpha = 5.0
+    with pytest.raises(config_lib.ConfigError, match='config.train.rdrop_alpha=5.0.*dropout'):
+        config_lib.validate(config)
+    config.model.attention_dropout = 0.1
+    config_lib.validate(config)

@@ -61,6 +61,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                f'linear decay needs warmup_steps < train.num_steps={t.num_steps}')
     _check(0.0 <= t.label_smoothing < 1.0, 'train.label_smoothing', t.label_smoothing,
            'expected 0 <= smoothing < 1')
+    _check(t.rdrop_alpha >= 0, 'train.rdrop_alpha', t.rdrop_alpha, 'expected >= 0 (0 = off)')
+    _check(not t.rdrop_alpha or m.dropout_rate > 0 or m.attention_dropout > 0,
+           'train.rdrop_alpha', t.rdrop_alpha,
+           'R-Drop compares two dropout passes; it needs model.dropout_rate or '
+           'model.attention_dropout > 0')
     _check(t.grad_clip_norm >= 0, 'train.grad_clip_norm', t.grad_clip_norm,
            'expected >= 0 (0 disables clipping)')
     for key in ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every'):

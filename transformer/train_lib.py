@@ -154,13 +154,32 @@ def batch_metrics(logits: jax.Array, targets: jax.Array, label_smoothing: float)
             'correct': jnp.sum(correct * weights), 'tokens': jnp.sum(weights)}
 
 
+def consistency_kl(logits: jax.Array, weights: jax.Array) -> jax.Array:
+    """Summed symmetric KL between two dropout passes over the same tokens (R-Drop).
+
+    Args:
+      logits: [2b, t, V]; rows i and b + i are the same example under different dropout.
+      weights: [b, t], 1.0 on real target tokens.
+    Returns:
+      scalar: sum over tokens of (KL(p1 || p2) + KL(p2 || p1)) / 2.
+    """
+    first, second = jnp.split(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), 2)
+    # KL(p1 || p2) + KL(p2 || p1) = sum_v (p1 - p2) (log p1 - log p2).
+    per_token = jnp.sum((jnp.exp(first) - jnp.exp(second)) * (first - second), axis=-1)
+    return 0.5 * jnp.sum(per_token * weights)
+
+
 def summarize(sums: dict) -> dict[str, float]:
-    """Token-summed metrics -> per-token means: loss, nll, perplexity, accuracy (%)."""
+    """Token-summed metrics -> per-token means: loss, nll, perplexity, accuracy (%), and
+    with R-Drop the mean symmetric KL between the two passes (``consistency``)."""
     tokens = max(float(sums['tokens']), 1.0)
     nll = float(sums['nll']) / tokens
-    return {'loss': float(sums['loss']) / tokens, 'nll': nll,
-            'perplexity': float(jnp.exp(jnp.minimum(nll, 50.0))),
-            'accuracy': 100.0 * float(sums['correct']) / tokens}
+    summary = {'loss': float(sums['loss']) / tokens, 'nll': nll,
+               'perplexity': float(jnp.exp(jnp.minimum(nll, 50.0))),
+               'accuracy': 100.0 * float(sums['correct']) / tokens}
+    if 'consistency' in sums:  # summed once per pair of passes, tokens counted twice
+        summary['consistency'] = 2.0 * float(sums['consistency']) / tokens
+    return summary
 
 
 def _forward(graphdef, params, batch: Batch, dropout_rng):
@@ -173,7 +192,8 @@ def _forward(graphdef, params, batch: Batch, dropout_rng):
 
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
                     label_smoothing: float, dropout_seed: int, grad_accum_steps: int = 1,
-                    state_sharding=None, batch_sharding: NamedSharding | None = None):
+                    rdrop_alpha: float = 0.0, state_sharding=None,
+                    batch_sharding: NamedSharding | None = None):
     """Returns ``train_step(state, batch) -> (state, metric sums)``, jitted.
 
     With ``grad_accum_steps`` = n > 1 the batch's rows are split into n micro-batches whose
@@ -187,14 +207,26 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
     With ``state_sharding`` (from ``sharding.state_shardings``) and ``batch_sharding`` the
     step is compiled for their mesh: inputs and outputs keep those shardings, and the
     metric sums come back replicated. Without them it runs on the default device.
+
+    With ``rdrop_alpha`` > 0 (R-Drop, Liang et al. 2021) every example goes through the
+    model twice under different dropout masks, and the loss adds ``rdrop_alpha`` times the
+    symmetric KL between the two predictions (``consistency_kl``) to the cross-entropy of
+    both passes. The step costs about twice as much; the metric sums count both passes.
     """
     base_key = jax.random.key(dropout_seed)
 
     def micro_grads(params, micro_batch, rng):
         def loss_fn(p):
-            logits = _forward(graphdef, p, micro_batch, rng)
-            sums = batch_metrics(logits, micro_batch['targets'], label_smoothing)
-            return sums['loss'], sums
+            if not rdrop_alpha:
+                logits = _forward(graphdef, p, micro_batch, rng)
+                sums = batch_metrics(logits, micro_batch['targets'], label_smoothing)
+                return sums['loss'], sums
+            twice = jax.tree.map(lambda x: jnp.concatenate([x, x]), micro_batch)
+            logits = _forward(graphdef, p, twice, rng)                 # [2b, t, V]
+            sums = batch_metrics(logits, twice['targets'], label_smoothing)
+            weights = (micro_batch['targets'] != PAD_ID).astype(jnp.float32)
+            sums['consistency'] = consistency_kl(logits, weights)
+            return sums['loss'] + rdrop_alpha * sums['consistency'], sums
         return jax.grad(loss_fn, has_aux=True)(params)
 
     def train_step(state: TrainState, batch: Batch):
@@ -208,7 +240,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
             grads, sums = micro_grads(state.params, micro_batch, jax.random.fold_in(rng, index))
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, (state.params, _empty_sums()))
+        zeros = jax.tree.map(jnp.zeros_like, (state.params, _empty_sums(
+            ('consistency',) if rdrop_alpha else ())))
         (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
         # Counts updates whose loss or gradient was NaN/inf; the loop stops before saving.
@@ -242,8 +275,9 @@ def _jit(fn, first_sharding, batch_sharding: NamedSharding | None, *, sharded_ou
     return call
 
 
-def _empty_sums() -> dict:
-    return {name: jnp.zeros((), jnp.float32) for name in ('loss', 'nll', 'correct', 'tokens')}
+def _empty_sums(extra: tuple[str, ...] = ()) -> dict:
+    return {name: jnp.zeros((), jnp.float32)
+            for name in ('loss', 'nll', 'correct', 'tokens', *extra)}
 
 
 def make_eval_step(graphdef, *, label_smoothing: float, params_sharding=None,

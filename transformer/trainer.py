@@ -157,6 +157,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                            label_smoothing=t.label_smoothing,
                                            dropout_seed=config.seed + 1,
                                            grad_accum_steps=t.grad_accum_steps,
+                                           rdrop_alpha=t.rdrop_alpha,
                                            state_sharding=run.state_sharding,
                                            batch_sharding=batch_sharding)
     eval_step = train_lib.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing,
@@ -251,7 +252,8 @@ def compile_train_step(config: ml_collections.ConfigDict):
              for k, n in fields.items()}
     step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=t.label_smoothing,
                                      dropout_seed=0, grad_accum_steps=t.grad_accum_steps,
-                                     state_sharding=state_sharding, batch_sharding=batch_sharding)
+                                     rdrop_alpha=t.rdrop_alpha, state_sharding=state_sharding,
+                                     batch_sharding=batch_sharding)
     with jax.set_mesh(mesh):
         return step.jitted.lower(abstract_state, batch).compile()
 
