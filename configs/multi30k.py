@@ -38,6 +38,14 @@ host A (~0.59 s/step) the hour held 6,000 steps at dropout 0.1: 39.57 / 38.62 (a
 the last 5: 39.63 / 38.65) in 59 min 34 s, and 39.13 / 38.15 with ``--config.seed=1``.
 
 Also measured for this direction, each a single run (host A unless named):
+  - host B, the published tiny model's shape and batch: ``--config.model.variant=compact``
+    (4 + 4 layers of width 128, feed-forward 256, 1.8M parameters) with
+    ``--config.model.dropout_rate=0.3 --config.train.batch_size=64
+    --config.train.learning_rate=5e-3 --config.train.warmup_steps=1600
+    --config.train.num_steps=7000`` (~4,000 target tokens per step): 1.7x the target tokens
+    per second of this config (~0.48 s/step), but validation NLL 2.96 at step 1,000 (64,000
+    rows, 8 min) against 2.73 for this config at its step 1,000 (16,000 rows, 3.5 min);
+    stopped;
   - host B, R-Drop (``--config.train.rdrop_alpha=5 --config.model.dropout_rate=0.2
     --config.train.num_steps=6000``; each step runs every row twice, ~0.47 s/step): 46 min
     57 s, final validation NLL 1.672 against 1.451; 38.28 / 37.26 (average of the last 5:
