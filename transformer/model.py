@@ -29,7 +29,7 @@ PAD_ID = 0
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
     'tiny': (32, 64, 4, 2, 2),       # unit tests
     'mini': (128, 512, 4, 2, 2),     # the embedded default task on a laptop CPU
-    'compact': (128, 256, 4, 4, 4),  # narrow and deeper: Multi30k with large token batches
+    'compact': (128, 256, 4, 4, 4),  # the published Multi30k tiny shape (learns slowly on a CPU)
     'small': (256, 1024, 4, 3, 3),   # Multi30k-sized data on a CPU
     'base': (512, 2048, 8, 6, 6),    # the paper's base model (65M parameters)
     'big': (1024, 4096, 16, 6, 6),   # the paper's big model (213M parameters)
