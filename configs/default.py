@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.variant = 'mini'         # a row of transformer.model.SIZES
     config.model.dropout_rate = 0.1
     config.model.attention_dropout = 0.0
+    config.model.token_dropout = 0.0      # word dropout: P(an input token's embedding is zeroed)
     config.model.positional = 'sinusoidal'
     config.model.max_len = 256
     config.model.pre_ln = False

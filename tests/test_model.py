@@ -136,6 +136,39 @@ def test_dropout_changes_training_outputs_but_not_evaluation(rng):
     assert not np.allclose(a, b)
 
 
+def test_word_dropout_zeroes_whole_token_embeddings_and_keeps_their_positions():
+    model = make_model(token_dropout=0.3)
+    embed = model.source_embed
+    tokens = jnp.full((64, 40), 7, jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(40), tokens.shape)
+    clean = np.asarray(embed(tokens, positions))
+    np.testing.assert_array_equal(embed(tokens, positions, 0.3), clean)   # no key: no dropout
+    out = np.asarray(embed(tokens, positions, 0.3, jax.random.key(0)))
+    pe = np.asarray(sinusoidal_encoding(positions, embed.d_model))
+    kept = np.all(out == clean, axis=-1)                                   # [64, 40]
+    dropped = np.all(np.isclose(out, pe, atol=1e-6), axis=-1)
+    assert np.all(kept ^ dropped)       # each token is either untouched or only its position
+    assert abs(dropped.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / dropped.size)
+
+
+def test_word_dropout_acts_in_training_only(rng):
+    src, tgt = random_tokens(rng, 2, 5), random_tokens(rng, 2, 4)
+    words = make_model(token_dropout=0.5)
+    plain = make_model()      # the same seed: the same parameters
+    np.testing.assert_array_equal(words(src, tgt), plain(src, tgt))
+    np.testing.assert_array_equal(plain(src, tgt, dropout_rng=jax.random.key(0)), plain(src, tgt))
+    assert not np.allclose(words(src, tgt, dropout_rng=jax.random.key(0)), plain(src, tgt))
+
+
+def test_word_dropout_rate_outside_0_1_is_refused():
+    from configs import default
+    from transformer import config_lib
+    config = default.get_config()
+    config.model.token_dropout = 1.0
+    with pytest.raises(config_lib.ConfigError, match='config.model.token_dropout=1.0'):
+        config_lib.validate(config)
+
+
 @pytest.mark.parametrize('rate', [0.1, 0.3, 0.5])
 @pytest.mark.parametrize('shape', [(64, 33, 256), (8, 4, 31, 7)])
 def test_dropout_drops_its_rate_keeps_the_mean_and_decides_each_element_independently(rate,

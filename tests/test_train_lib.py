@@ -173,3 +173,6 @@ def test_rdrop_without_any_dropout_is_refused():
         config_lib.validate(config)
     config.model.attention_dropout = 0.1
     config_lib.validate(config)
+    config.model.attention_dropout = 0.0
+    config.model.token_dropout = 0.1
+    config_lib.validate(config)

@@ -34,7 +34,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"expected '' (= model.dtype) or one of {sorted(model_lib.DTYPES)}")
     _check(m.positional in ('sinusoidal', 'learned'), 'model.positional', m.positional,
            "expected 'sinusoidal' or 'learned'")
-    for key in ('dropout_rate', 'attention_dropout'):
+    for key in ('dropout_rate', 'attention_dropout', 'token_dropout'):
         _check(0.0 <= m[key] < 1.0, f'model.{key}', m[key], 'expected 0 <= rate < 1')
     _check(d.dataset in tasks.DATASETS, 'data.dataset', d.dataset,
            f'expected one of {sorted(tasks.DATASETS)}')
@@ -62,10 +62,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(0.0 <= t.label_smoothing < 1.0, 'train.label_smoothing', t.label_smoothing,
            'expected 0 <= smoothing < 1')
     _check(t.rdrop_alpha >= 0, 'train.rdrop_alpha', t.rdrop_alpha, 'expected >= 0 (0 = off)')
-    _check(not t.rdrop_alpha or m.dropout_rate > 0 or m.attention_dropout > 0,
+    _check(not t.rdrop_alpha or max(m.dropout_rate, m.attention_dropout, m.token_dropout) > 0,
            'train.rdrop_alpha', t.rdrop_alpha,
-           'R-Drop compares two dropout passes; it needs model.dropout_rate or '
-           'model.attention_dropout > 0')
+           'R-Drop compares two dropout passes; it needs model.dropout_rate, '
+           'model.attention_dropout or model.token_dropout > 0')
     _check(t.grad_clip_norm >= 0, 'train.grad_clip_norm', t.grad_clip_norm,
            'expected >= 0 (0 disables clipping)')
     for key in ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every'):
@@ -96,6 +96,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
     m = config.model
     return model_lib.ModelConfig.make(
         m.variant, vocab_size, dropout_rate=m.dropout_rate,
-        attention_dropout=m.attention_dropout, max_len=m.max_len, positional=m.positional,
-        pre_ln=m.pre_ln, share_embeddings=m.share_embeddings, dtype=m.dtype,
+        attention_dropout=m.attention_dropout,
+        token_dropout=m.get('token_dropout', 0.0),  # absent from older runs' config.json
+        max_len=m.max_len, positional=m.positional, pre_ln=m.pre_ln,
+        share_embeddings=m.share_embeddings, dtype=m.dtype,
         param_dtype=m.param_dtype, matmul_dtype=m.matmul_dtype or None)

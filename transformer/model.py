@@ -49,6 +49,10 @@ class ModelConfig:
     num_decoder_layers: int
     dropout_rate: float = 0.1
     attention_dropout: float = 0.0
+    # Word dropout: each input token's embedding (source and decoder input) is zeroed with
+    # this probability in training, its positional encoding kept, so the model learns to
+    # translate around missing words.
+    token_dropout: float = 0.0
     max_len: int = 256                 # longest position the learned table covers
     positional: str = 'sinusoidal'     # 'sinusoidal' (section 3.5) or 'learned'
     pre_ln: bool = False               # False: post-LN as in the paper
@@ -134,9 +138,17 @@ class Embedder(nnx.Module):
         self.dtype = cfg.dtype
         self.matmul_dtype = cfg.matmul_dtype
 
-    def __call__(self, tokens: Array, positions: Array) -> Array:
-        """tokens, positions: [b, l] int -> [b, l, d]."""
+    def __call__(self, tokens: Array, positions: Array, token_dropout: float = 0.0,
+                 rng: Array | None = None) -> Array:
+        """tokens, positions: [b, l] int -> [b, l, d].
+
+        With ``rng`` and ``token_dropout`` > 0, each token's embedding is zeroed with that
+        probability (not rescaled: a dropped token reads as an unknown word).
+        """
         x = jnp.take(self.table[...], tokens, axis=0) * jnp.sqrt(float(self.d_model))
+        if rng is not None and token_dropout > 0:
+            keep = jax.random.bernoulli(rng, 1.0 - token_dropout, tokens.shape)  # [b, l]
+            x = x * keep[..., None].astype(x.dtype)
         if self.positions is None:
             pe = sinusoidal_encoding(positions, self.d_model)
         else:
@@ -173,12 +185,22 @@ class EncoderDecoder(nnx.Module):
 
     # -- full-sequence passes ------------------------------------------------------------
 
+    def _embedding_rngs(self, rng: Array | None) -> tuple[Array | None, Array | None]:
+        """(embedding dropout key, word dropout key); the first is ``rng`` itself when word
+        dropout is off, so turning the feature off leaves every other dropout mask as it was."""
+        if rng is None or self.cfg.token_dropout == 0:
+            return rng, None
+        embed_rng, token_rng = jax.random.split(rng)
+        return embed_rng, token_rng
+
     def encode(self, src: Array, src_segments: Array | None = None,
                src_positions: Array | None = None, *, dropout_rng: Array | None = None) -> Array:
         """src: [b, s] token ids -> encoder output [b, s, d]."""
         src_segments, src_positions = _defaults(src, src_segments, src_positions)
         rngs = layers.split_rng(dropout_rng, len(self.encoder) + 1)
-        x = layers.dropout(self.source_embed(src, src_positions), self.cfg.dropout_rate, rngs[0])
+        embed_rng, token_rng = self._embedding_rngs(rngs[0])
+        x = self.source_embed(src, src_positions, self.cfg.token_dropout, token_rng)
+        x = layers.dropout(x, self.cfg.dropout_rate, embed_rng)
         mask = attention_mask(src_segments, src_segments)
         for layer, rng in zip(self.encoder, rngs[1:]):
             x = layer(x, mask, rng)
@@ -205,7 +227,9 @@ class EncoderDecoder(nnx.Module):
         """Decoder states [b, t, d] and, if asked, each layer's cross-attention weights."""
         tgt_segments, tgt_positions = _defaults(tgt_in, tgt_segments, tgt_positions)
         rngs = layers.split_rng(dropout_rng, len(self.decoder) + 1)
-        y = layers.dropout(self.target_embed(tgt_in, tgt_positions), self.cfg.dropout_rate, rngs[0])
+        embed_rng, token_rng = self._embedding_rngs(rngs[0])
+        y = self.target_embed(tgt_in, tgt_positions, self.cfg.token_dropout, token_rng)
+        y = layers.dropout(y, self.cfg.dropout_rate, embed_rng)
         self_mask = attention_mask(tgt_segments, tgt_segments) & causal_mask(tgt_in.shape[1])
         cross_mask = attention_mask(tgt_segments, src_segments)
         weights = []
