@@ -41,11 +41,13 @@ Also measured for this direction, each a single run (host A unless named):
   - host B, the published tiny model's shape and batch: ``--config.model.variant=compact``
     (4 + 4 layers of width 128, feed-forward 256, 1.8M parameters) with
     ``--config.model.dropout_rate=0.3 --config.train.batch_size=64
-    --config.train.learning_rate=5e-3 --config.train.warmup_steps=1600
-    --config.train.num_steps=7000`` (~4,000 target tokens per step): 1.7x the target tokens
-    per second of this config (~0.48 s/step), but validation NLL 2.96 at step 1,000 (64,000
-    rows, 8 min) against 2.73 for this config at its step 1,000 (16,000 rows, 3.5 min);
-    stopped;
+    --config.train.learning_rate=5e-3 --config.train.warmup_steps=1500
+    --config.train.num_steps=6000`` (~4,000 target tokens per step): 1.7x the target tokens
+    per second of this config, ~0.6 s/step that hour, so 6,000 steps would have overrun the
+    hour. Per step it learned faster (validation NLL 3.02 at step 1,000 against 3.15 for the
+    word-dropout run below), per minute far slower: 2.71 at step 2,000, 21 min in, where
+    that run stood at 1.84-1.95 after as many minutes; stopped (an earlier start with
+    warmup 1,600: 2.96 at step 1,000, 8 min in);
   - host B, word dropout (``--config.model.token_dropout=0.1
     --config.model.dropout_rate=0.2``): final validation NLL 1.442 against 1.451 for this
     config, 39.52 / 38.56 (average of the last 5: 39.58 / 38.57), but 62 min 26 s of
