@@ -151,9 +151,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.learning_rate = 1.1e-3   # 1.5e-3 / sqrt(2) for half the batch
         config.train.warmup_steps = 800
     config.train.schedule = 'linear'      # a fixed budget: decay to zero at the last step
-    config.train.eval_every = 500 * 32 // config.train.batch_size
-    config.train.eval_batches = 5 * 32 // config.train.batch_size    # 160 rows either way
-    config.train.checkpoint_every = 100 * 32 // config.train.batch_size
+    # Counted in rows, so they follow a --config.train.batch_size override (a reference,
+    # resolved when read).
+    rows = config.train.get_ref('batch_size')
+    config.train.eval_every = 500 * 32 // rows
+    config.train.eval_batches = 5 * 32 // rows    # 160 validation rows
+    config.train.checkpoint_every = 100 * 32 // rows
     config.train.max_checkpoints = 5      # the last 5 are averaged by eval.py --average_last=5
 
     config.eval.split = 'test2016'

@@ -111,6 +111,9 @@ def test_multi30k_configs_hold_the_measured_recipes():
     for config in (de_en, en_de):  # 160 validation rows; the last 5 checkpoints span the end
         assert config.train.eval_batches * config.train.batch_size == 160
         assert config.train.checkpoint_every * config.train.max_checkpoints < config.train.num_steps
+    en_de.train.batch_size = 64       # as --config.train.batch_size=64 sets it
+    assert (en_de.train.eval_every, en_de.train.eval_batches, en_de.train.checkpoint_every) == (
+        250, 2, 50)
     with pytest.raises(ValueError, match=r"\['revers'\]; valid: reverse=True\|False"):
         multi30k_config.get_config('revers=True')
 
