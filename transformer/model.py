@@ -135,19 +135,21 @@ class Embedder(nnx.Module):
             nnx.initializers.normal(stddev=0.02)(rngs.params(), (cfg.max_len, cfg.d_model),
                                                  cfg.param_dtype), logical_axes=('length', 'embed'))
         self.d_model = cfg.d_model
+        self.token_dropout = cfg.token_dropout
         self.dtype = cfg.dtype
         self.matmul_dtype = cfg.matmul_dtype
 
-    def __call__(self, tokens: Array, positions: Array, token_dropout: float = 0.0,
-                 rng: Array | None = None) -> Array:
+    def __call__(self, tokens: Array, positions: Array,
+                 word_dropout_rng: Array | None = None) -> Array:
         """tokens, positions: [b, l] int -> [b, l, d].
 
-        With ``rng`` and ``token_dropout`` > 0, each token's embedding is zeroed with that
-        probability (not rescaled: a dropped token reads as an unknown word).
+        With ``word_dropout_rng``, each token's embedding is zeroed with probability
+        ``cfg.token_dropout`` (not rescaled: a dropped token reads as an unknown word).
         """
         x = jnp.take(self.table[...], tokens, axis=0) * jnp.sqrt(float(self.d_model))
-        if rng is not None and token_dropout > 0:
-            keep = jax.random.bernoulli(rng, 1.0 - token_dropout, tokens.shape)  # [b, l]
+        if word_dropout_rng is not None and self.token_dropout > 0:
+            keep = jax.random.bernoulli(word_dropout_rng, 1.0 - self.token_dropout,
+                                        tokens.shape)  # [b, l]
             x = x * keep[..., None].astype(x.dtype)
         if self.positions is None:
             pe = sinusoidal_encoding(positions, self.d_model)
@@ -185,22 +187,24 @@ class EncoderDecoder(nnx.Module):
 
     # -- full-sequence passes ------------------------------------------------------------
 
-    def _embedding_rngs(self, rng: Array | None) -> tuple[Array | None, Array | None]:
-        """(embedding dropout key, word dropout key); the first is ``rng`` itself when word
-        dropout is off, so turning the feature off leaves every other dropout mask as it was."""
-        if rng is None or self.cfg.token_dropout == 0:
-            return rng, None
-        embed_rng, token_rng = jax.random.split(rng)
-        return embed_rng, token_rng
+    def _embed(self, embedder: Embedder, tokens: Array, positions: Array,
+               rng: Array | None) -> Array:
+        """Embedding, word dropout and dropout: tokens, positions [b, l] -> [b, l, d].
+
+        With word dropout off, ``rng`` alone keys the dropout, so the masks stay those drawn
+        before word dropout existed.
+        """
+        word_rng = None
+        if rng is not None and self.cfg.token_dropout > 0:
+            rng, word_rng = jax.random.split(rng)
+        return layers.dropout(embedder(tokens, positions, word_rng), self.cfg.dropout_rate, rng)
 
     def encode(self, src: Array, src_segments: Array | None = None,
                src_positions: Array | None = None, *, dropout_rng: Array | None = None) -> Array:
         """src: [b, s] token ids -> encoder output [b, s, d]."""
         src_segments, src_positions = _defaults(src, src_segments, src_positions)
         rngs = layers.split_rng(dropout_rng, len(self.encoder) + 1)
-        embed_rng, token_rng = self._embedding_rngs(rngs[0])
-        x = self.source_embed(src, src_positions, self.cfg.token_dropout, token_rng)
-        x = layers.dropout(x, self.cfg.dropout_rate, embed_rng)
+        x = self._embed(self.source_embed, src, src_positions, rngs[0])
         mask = attention_mask(src_segments, src_segments)
         for layer, rng in zip(self.encoder, rngs[1:]):
             x = layer(x, mask, rng)
@@ -227,9 +231,7 @@ class EncoderDecoder(nnx.Module):
         """Decoder states [b, t, d] and, if asked, each layer's cross-attention weights."""
         tgt_segments, tgt_positions = _defaults(tgt_in, tgt_segments, tgt_positions)
         rngs = layers.split_rng(dropout_rng, len(self.decoder) + 1)
-        embed_rng, token_rng = self._embedding_rngs(rngs[0])
-        y = self.target_embed(tgt_in, tgt_positions, self.cfg.token_dropout, token_rng)
-        y = layers.dropout(y, self.cfg.dropout_rate, embed_rng)
+        y = self._embed(self.target_embed, tgt_in, tgt_positions, rngs[0])
         self_mask = attention_mask(tgt_segments, tgt_segments) & causal_mask(tgt_in.shape[1])
         cross_mask = attention_mask(tgt_segments, src_segments)
         weights = []
