@@ -40,6 +40,8 @@ for _kind in ('beam', 'greedy'):
 CASES['train_small_float32_malloc_defaults'] = CASES['train_small_float32']
 MALLOC_DEFAULTS_SUFFIX = '_malloc_defaults'
 CASES['input_pipeline'] = ('jax', 'input_pipeline', {})
+# The same with subword regularization: every segmentation drawn per example, in Python.
+CASES['input_pipeline_subword'] = ('jax', 'input_pipeline', dict(subword_nbest=8))
 CASES['dropout_masks'] = ('jax', 'dropout_masks', {})
 CASES['loss_head'] = ('jax', 'loss_head', {})
 
@@ -47,7 +49,7 @@ CASES['loss_head'] = ('jax', 'loss_head', {})
 def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
     """Runs one case in a fresh process; returns its measurements (or its error)."""
     impl, _, kwargs = CASES[name]
-    if name == 'input_pipeline' and not os.path.isdir(multi30k_dir or ''):
+    if name.startswith('input_pipeline') and not os.path.isdir(multi30k_dir or ''):
         return {'case': name, 'skipped': f'no Multi30k folder (--multi30k_dir={multi30k_dir!r})'}
     cmd = [sys.executable, '-m', 'benchmarks', '--worker', name, '--multi30k_dir', multi30k_dir]
     env = dict(os.environ)
@@ -69,8 +71,8 @@ def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
 
 def worker(name: str, multi30k_dir: str) -> None:
     impl, function, kwargs = CASES[name]
-    if name == 'input_pipeline':
-        kwargs = dict(manual_dir=multi30k_dir)
+    if name.startswith('input_pipeline'):
+        kwargs = dict(kwargs, manual_dir=multi30k_dir)
     if impl == 'torch':
         from benchmarks import torch_peer as module
     else:

@@ -163,10 +163,11 @@ def loss_head(*, warmup: int = 2, repeats: int = 15) -> dict:
     return {**out, 'tokens_per_s': rows / out['step_s'], 'peak_rss_mib': peak_rss_mib()}
 
 
-def input_pipeline(manual_dir: str, *, batches: int = 30) -> dict:
+def input_pipeline(manual_dir: str, *, subword_nbest: int = 1, batches: int = 30) -> dict:
     """Multi30k training batches per second: tokenize, filter, pack 32 rows of 64 + 64.
 
-    The process is pinned to one core first, so this is what one core supplies.
+    The process is pinned to one core first, so this is what one core supplies. With
+    ``subword_nbest`` > 1 every example's segmentation is drawn anew (subword regularization).
     """
     import os
 
@@ -178,7 +179,12 @@ def input_pipeline(manual_dir: str, *, batches: int = 30) -> dict:
     pairs = tasks.load_splits('multi30k', '', manual_dir=manual_dir)['train']
     tokenizer = data.train_tokenizer((t for pair in pairs[:10000] for t in pair), 8000)
     lengths = data.Lengths(config.data.max_source_length, config.data.max_target_length)
-    iterator = iter(data.train_dataset(pairs, tokenizer, lengths, config.train.batch_size, seed=0))
+    iterator = iter(data.train_dataset(pairs, tokenizer, lengths, config.train.batch_size, seed=0,
+                                       subword_nbest=subword_nbest))
+    if subword_nbest > 1:  # steady state, as after the first epoch: every word's n-best known
+        rng = np.random.default_rng(0)
+        for text in (t for pair in pairs for t in pair):
+            tokenizer.sample_encode(text, subword_nbest, 0.5, rng)
     next(iterator)  # start-up (threads, first shuffle) excluded
     start = time.perf_counter()
     examples = 0

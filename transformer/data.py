@@ -285,14 +285,14 @@ def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, bat
         raise ValueError('bidirectional training needs a tokenizer trained with it (a workdir '
                          f'started without data.bidirectional has no {REVERSE_BOS} piece) and '
                          'data.subword_nbest=1')
-    if subword_nbest > 1:  # new pieces every epoch: tokenize in 2 reader threads
+    if subword_nbest > 1:  # new pieces every epoch
         ds = grain.MapDataset.source(shard).shuffle(seed=seed).repeat()
         ds = ds.random_map(SampleTokenize(tokenizer, subword_nbest, subword_alpha), seed=seed)
-        read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=512)
-    else:  # tokenized once; reading is then cheaper than handing work to reader threads
+    else:
         tokenized = TokenizedPairs(shard, tokenizer, reverse_bos_id=reverse_bos_id)
         ds = grain.MapDataset.source(tokenized).shuffle(seed=seed).repeat()
-        read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+    # Read in this thread: reader threads would contend for the GIL with the train loop.
+    read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     ds = ds.filter(lambda ex: fits(ex, lengths))
     if not pack:
         ds = ds.map(lambda ex: pad(ex, lengths))
