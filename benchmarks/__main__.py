@@ -48,8 +48,8 @@ CASES['loss_head'] = ('jax', 'loss_head', {})
 
 def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
     """Runs one case in a fresh process; returns its measurements (or its error)."""
-    impl, _, kwargs = CASES[name]
-    if name.startswith('input_pipeline') and not os.path.isdir(multi30k_dir or ''):
+    impl, function, kwargs = CASES[name]
+    if function == 'input_pipeline' and not os.path.isdir(multi30k_dir or ''):
         return {'case': name, 'skipped': f'no Multi30k folder (--multi30k_dir={multi30k_dir!r})'}
     cmd = [sys.executable, '-m', 'benchmarks', '--worker', name, '--multi30k_dir', multi30k_dir]
     env = dict(os.environ)
@@ -71,7 +71,7 @@ def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
 
 def worker(name: str, multi30k_dir: str) -> None:
     impl, function, kwargs = CASES[name]
-    if name.startswith('input_pipeline'):
+    if function == 'input_pipeline':
         kwargs = dict(kwargs, manual_dir=multi30k_dir)
     if impl == 'torch':
         from benchmarks import torch_peer as module

@@ -179,13 +179,14 @@ def input_pipeline(manual_dir: str, *, subword_nbest: int = 1, batches: int = 30
     pairs = tasks.load_splits('multi30k', '', manual_dir=manual_dir)['train']
     tokenizer = data.train_tokenizer((t for pair in pairs[:10000] for t in pair), 8000)
     lengths = data.Lengths(config.data.max_source_length, config.data.max_target_length)
+    alpha = config.data.subword_alpha
     iterator = iter(data.train_dataset(pairs, tokenizer, lengths, config.train.batch_size, seed=0,
-                                       subword_nbest=subword_nbest))
+                                       subword_nbest=subword_nbest, subword_alpha=alpha))
     if subword_nbest > 1:  # steady state, as after the first epoch: every word's n-best known
         rng = np.random.default_rng(0)
         for text in (t for pair in pairs for t in pair):
-            tokenizer.sample_encode(text, subword_nbest, 0.5, rng)
-    next(iterator)  # start-up (threads, first shuffle) excluded
+            tokenizer.sample_encode(text, subword_nbest, alpha, rng)
+    next(iterator)  # start-up (first shuffle) excluded
     start = time.perf_counter()
     examples = 0
     for _ in range(batches):

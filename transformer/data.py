@@ -291,12 +291,11 @@ def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, bat
     else:
         tokenized = TokenizedPairs(shard, tokenizer, reverse_bos_id=reverse_bos_id)
         ds = grain.MapDataset.source(tokenized).shuffle(seed=seed).repeat()
-    # Read in this thread: reader threads would contend for the GIL with the train loop.
-    read = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     ds = ds.filter(lambda ex: fits(ex, lengths))
     if not pack:
         ds = ds.map(lambda ex: pad(ex, lengths))
-    ds = ds.to_iter_dataset(read)
+    # Read in this thread: reader threads would contend for the GIL with the train loop.
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if pack:
         ds = grain.experimental.FirstFitPackIterDataset(
             ds, length_struct={'inputs': lengths.source, 'targets': lengths.target,
