@@ -109,7 +109,8 @@ Also measured for this direction, each a single run (host A unless named):
     (``--config.data.subword_nbest=8 --config.data.subword_alpha=0.5
     --config.model.dropout_rate=0.2 --config.train.num_steps=12000``; 42% of training
     sentences re-cut each epoch, 4% more pieces): 54 min 7 s, 39.56 / 38.55 (average of
-    the last 5: 39.85 / 38.82). With ``subword_alpha=0.3`` (79% re-cut, 13% more pieces):
+    the last 5: 39.85 / 38.82); again with 12,500 steps: 53 min 3 s, 39.42 / 38.40
+    (average of the last 5: 39.51 / 38.50). With ``subword_alpha=0.3`` (79% re-cut, 13% more pieces):
     54 min 41 s, validation accuracy 64.6% against 67.8% (final NLL 1.743 against 1.545; both
     scored on the single best segmentation, which sampling spreads probability away from);
     37.09 / 36.23 (average of the last 5: 36.95 / 36.11). An earlier attempt drew the
