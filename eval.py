@@ -7,6 +7,12 @@
 Writes ``hypotheses_<split>.txt`` and ``eval_<split>.json`` into --workdir (and, with
 --average_last=N > 1, ``..._<split>_avg<N>`` for the averaged parameters as well).
 
+With --ensemble=DIR2[,DIR3...] the runs in --workdir and DIR2... decode together (each step
+averages the models' probabilities; each run's checkpoints are averaged as --average_last
+says); the files are then named ``..._<split>_ens<n>`` in --workdir:
+
+    python eval.py --config configs/multi30k.py --workdir runs/a --ensemble=runs/b --average_last=5
+
 With --tune_length_penalty each model first translates --tune_split (validation) with every
 listed GNMT alpha and then translates --split with the alpha whose tokenized lowercased BLEU
 was highest there (the first on a tie), so the test split never chooses its own setting.
@@ -25,6 +31,8 @@ flags.DEFINE_string('split', None, 'Split to translate (default: config.eval.spl
 flags.DEFINE_integer('average_last', 1, 'Also evaluate the average of the last N checkpoints.')
 flags.DEFINE_list('tune_length_penalty', [], 'Candidate length penalties (GNMT alpha), '
                   'e.g. 0.6,1,1.4: the best on --tune_split is used (default: config.eval).')
+flags.DEFINE_list('ensemble', [], 'Other trained workdirs (the same data config) that decode '
+                  'together with --workdir, averaging their probabilities at each step.')
 flags.DEFINE_string('tune_split', 'validation', 'The split --tune_length_penalty scores on.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -63,6 +71,14 @@ def tune_length_penalty(translator: inference.Translator, alphas: list[float], p
     return {f'{alpha:g}': round(score, 2) for alpha, score in scores.items()}
 
 
+def ensemble_info(translator: inference.Translator) -> dict:
+    """{'ensemble': [{workdir, checkpoint_steps}, ...]} for an ensemble, else {}."""
+    if len(translator.members) == 1:
+        return {}
+    return {'ensemble': [{'workdir': w, 'checkpoint_steps': s}
+                         for w, s in zip(translator.members, translator.member_steps)]}
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -75,7 +91,7 @@ def main(argv):
         d = config.data
         splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
                                    **d.builder_kwargs)
-        translator = inference.Translator(config, FLAGS.workdir)
+        translator = inference.Translator(config, FLAGS.workdir, ensemble=FLAGS.ensemble)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f'Error: {e}') from None
     if split not in splits:
@@ -92,10 +108,12 @@ def main(argv):
                   'its score is then optimistic. Score another split (--split).')
     sources, references = zip(*splits[split])
 
-    runs = [(split, translator)]
+    name = f'{split}_ens{len(translator.members)}' if FLAGS.ensemble else split
+    runs = [(name, translator)]
     if FLAGS.average_last > 1:
-        averaged = inference.Translator(config, FLAGS.workdir, average_last=FLAGS.average_last)
-        runs.append((f'{split}_avg{FLAGS.average_last}', averaged))
+        averaged = inference.Translator(config, FLAGS.workdir, average_last=FLAGS.average_last,
+                                        ensemble=FLAGS.ensemble)
+        runs.append((f'{name}_avg{FLAGS.average_last}', averaged))
     for name, t in runs:
         tuning = {}
         if alphas:
@@ -108,7 +126,8 @@ def main(argv):
         evaluate.score_and_write(FLAGS.workdir, name, t.steps[-1], sources, hypotheses,
                                  references, target_language=d.target_language,
                                  num_samples=config.eval.num_samples,
-                                 extra={'checkpoint_steps': t.steps, 'beam_size': t.beam_size,
+                                 extra={'checkpoint_steps': t.steps, **ensemble_info(t),
+                                        'beam_size': t.beam_size,
                                         'length_penalty': t.alpha,
                                         'mbr_samples': t.mbr_samples, **tuning})
 

@@ -3,6 +3,7 @@
     python translate.py --workdir runs/multi30k_de_en < sentences.de
     python translate.py --workdir runs/multi30k_de_en --input in.de --output out.en
     python translate.py --workdir runs/default            # a prompt when stdin is a terminal
+    python translate.py --workdir runs/a --ensemble=runs/b < sentences.de   # two models
 
 Beam search (config.eval.beam_size, length penalty config.eval.length_penalty) by default.
 Each input line gives one output line; an empty line gives an empty line.
@@ -21,6 +22,8 @@ flags.DEFINE_string('output', None, 'Where translations go (default: stdout).')
 flags.DEFINE_integer('beam_size', None, 'Beam size (default: the run config; 1 = greedy).')
 flags.DEFINE_float('alpha', None, 'GNMT length-penalty exponent (default: the run config).')
 flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last N checkpoints.')
+flags.DEFINE_list('ensemble', [], 'Other trained workdirs (the same data config) that decode '
+                  'together with --workdir, averaging their probabilities at each step.')
 flags.mark_flag_as_required('workdir')
 
 
@@ -44,7 +47,7 @@ def main(argv):
     try:
         translator = inference.Translator.from_workdir(
             FLAGS.workdir, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
-            average_last=FLAGS.average_last)
+            average_last=FLAGS.average_last, ensemble=FLAGS.ensemble)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f'Error: {e}') from None
 

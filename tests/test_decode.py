@@ -157,6 +157,38 @@ def test_beam_size_one_equals_greedy_with_the_model(rng):
     np.testing.assert_array_equal(greedy, beam)
 
 
+def test_ensemble_greedy_follows_the_mean_probability_of_full_passes(rng):
+    models = [make_model(seed=3), make_model(seed=4)]
+    src = random_tokens(rng, 6, 8, min_len=2)
+
+    def mean_of_full_passes(s, prefix):  # log of the mean of the models' probabilities
+        return jnp.log(sum(jax.nn.softmax(m(s, prefix), axis=-1) for m in models) / 2)
+
+    expected = reference_greedy(mean_of_full_passes, src, 10)
+    graphdefs, params = zip(*(nnx.split(m) for m in models))
+    fn = jax.jit(lambda ps, s: decode.model_beam_search(
+        [nnx.merge(g, p) for g, p in zip(graphdefs, ps)], s, beam_size=1, alpha=0.0,
+        bos_id=BOS, eos_id=EOS, max_len=10))
+    np.testing.assert_array_equal(fn(list(params), src), expected)
+    for model in models:  # the ensemble is neither member alone
+        assert not np.array_equal(reference_greedy(model, src, 10), expected)
+
+
+def test_an_ensemble_of_one_model_twice_decodes_as_that_model(rng):
+    model = make_model(seed=5)
+    src = random_tokens(rng, 5, 8, min_len=2)
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def both(p, s):
+        m = nnx.merge(graphdef, p)
+        kwargs = dict(beam_size=4, alpha=0.6, bos_id=BOS, eos_id=EOS, max_len=10)
+        return (decode.model_beam_search(m, s, **kwargs),
+                decode.model_beam_search([m, nnx.merge(graphdef, p)], s, **kwargs))
+    single, ensemble = both(params, src)
+    np.testing.assert_array_equal(single, ensemble)
+
+
 def test_model_beam_search_respects_the_source_length_limit(rng):
     model = make_model(seed=5)
     src = random_tokens(rng, 4, 6, min_len=1)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -119,6 +120,24 @@ def test_eval_chooses_the_length_penalty_on_the_tuning_split(trained, data_dir):
     scores = tuning['tokenized_lowercased_bleu']
     assert result['length_penalty'] == float(max(scores, key=scores.get))
     assert f"alpha {result['length_penalty']})" in out.stdout  # the test split used it
+
+
+def test_eval_decodes_an_ensemble_of_runs(trained, data_dir, tmp_path):
+    workdir = trained[0]
+    twin = tmp_path / 'twin'
+    shutil.copytree(workdir, twin)
+    run('eval.py', *tiny(data_dir, workdir, '--split=validation'))
+    out = run('eval.py', *tiny(data_dir, workdir, '--split=validation', f'--ensemble={twin}'))
+    assert 'an ensemble of 2' in out.stdout
+    result = json.loads((workdir / 'eval_validation_ens2.json').read_text())
+    assert [m['workdir'] for m in result['ensemble']] == [str(workdir), str(twin)]
+    # Two copies of one model average to that model: the same translations.
+    single = (workdir / 'hypotheses_validation.txt').read_text()
+    assert (workdir / 'hypotheses_validation_ens2.txt').read_text() == single
+
+    (twin / 'tokenizer.model').write_bytes(b'another vocabulary')
+    out = run('eval.py', *tiny(data_dir, workdir, f'--ensemble={twin}'), check=False)
+    assert out.returncode != 0 and 'different tokenizer' in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize('args, message', [

@@ -8,6 +8,8 @@ the whole prefix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
@@ -194,29 +196,42 @@ def beam_search(step_fn, step_state, *, batch: int, beam_size: int, alpha: float
     return tokens, jnp.where(has_finished, c['finished_scores'][:, 0], alive_score)
 
 
-def model_beam_search(model: EncoderDecoder, src: Array, *, beam_size: int, alpha: float,
-                      bos_id: int, eos_id: int, max_len: int,
+def model_beam_search(model: EncoderDecoder | Sequence[EncoderDecoder], src: Array, *,
+                      beam_size: int, alpha: float, bos_id: int, eos_id: int, max_len: int,
                       length_offset: int | None = None) -> Array:
-    """Beam search with a trained model: src [b, s] -> tokens [b, max_len].
+    """Beam search with a trained model, or an ensemble: src [b, s] -> tokens [b, max_len].
 
     The encoder and the cross-attention projections run once per source sentence; each
     step runs the decoder on one token per beam with the self-attention cache. With
     ``length_offset`` a row may be at most (its source length + offset) tokens long.
+
+    Given a sequence of models (which must share one vocabulary), each step scores a token
+    by the log of the models' mean probability, log((p_1 + ... + p_n) / n): an ensemble,
+    each member with its own encoder output and cache.
     """
+    models = [model] if isinstance(model, EncoderDecoder) else list(model)
+    if not models:
+        raise ValueError('model_beam_search needs at least one model')
     batch = src.shape[0]
     src_segments = (src != PAD_ID).astype(jnp.int32)
-    encoded = model.encode(src, src_segments)
 
     def repeat(x):  # [b, ...] -> [b * k, ...], each row k times in a row
         return jnp.repeat(x, beam_size, axis=0)
 
-    cross_kv = jax.tree.map(repeat, model.cross_kv(encoded))
+    cross_kvs = [jax.tree.map(repeat, m.cross_kv(m.encode(src, src_segments))) for m in models]
     src_segments_k = repeat(src_segments)
-    state = model.init_cache(batch * beam_size, max_len)
+    state = tuple(m.init_cache(batch * beam_size, max_len) for m in models)
 
-    def step_fn(tokens, index, cache):
-        logits, cache = model.decode_step(tokens, index, cache, cross_kv, src_segments_k)
-        return jax.nn.log_softmax(logits, axis=-1), cache
+    def step_fn(tokens, index, caches):
+        log_probs, new_caches = [], []
+        for m, cross_kv, cache in zip(models, cross_kvs, caches):
+            logits, cache = m.decode_step(tokens, index, cache, cross_kv, src_segments_k)
+            log_probs.append(jax.nn.log_softmax(logits, axis=-1))
+            new_caches.append(cache)
+        if len(models) == 1:
+            return log_probs[0], tuple(new_caches)
+        mean = jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(float(len(models)))
+        return mean, tuple(new_caches)
 
     limits = None
     if length_offset is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -89,10 +90,15 @@ def make_decoder(graphdef, *, max_decode_len: int, beam_size: int = 1, alpha: fl
 
     Beam search (with the GNMT length penalty ``alpha``) when ``beam_size`` > 1, greedy
     decoding otherwise; with ``length_offset`` no output is longer than its source + offset.
+    Given a list of graphdefs, ``params`` is the list of their parameters: an ensemble
+    (``decode.model_beam_search``).
     """
     def run(params, src):
-        model = nnx.merge(graphdef, params)
-        if beam_size == 1 and length_offset is None:
+        if isinstance(graphdef, list):
+            model = [nnx.merge(g, p) for g, p in zip(graphdef, params)]
+        else:
+            model = nnx.merge(graphdef, params)
+        if beam_size == 1 and length_offset is None and not isinstance(model, list):
             return decode.greedy_decode(model, src, bos_id=data.BOS_ID, eos_id=data.EOS_ID,
                                         max_len=max_decode_len)
         return decode.model_beam_search(model, src, beam_size=beam_size, alpha=alpha,
@@ -110,19 +116,62 @@ def make_sampler(graphdef, *, max_decode_len: int, epsilon: float):
     return jax.jit(run)
 
 
+def _restore(config: ml_collections.ConfigDict, workdir: str, tokenizer: data.Tokenizer,
+             average_last: int):
+    """(graphdef, params, checkpoint steps) of the run in ``workdir`` with ``config``'s model."""
+    _, _, graphdef, state = build_state(config, tokenizer.vocab_size)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
+    params, steps = restore_params(ckpt, state.params, average_last)
+    return graphdef, params, steps
+
+
+def _check_same_tokenizer(workdir: str, other: str) -> None:
+    """An ensemble adds up probabilities of the same pieces: one SentencePiece model for all."""
+    paths = [os.path.join(w, data.TOKENIZER_FILE) for w in (workdir, other)]
+    if not os.path.exists(paths[1]):
+        raise FileNotFoundError(f'{other} has no {data.TOKENIZER_FILE}: is it a trained '
+                                'workdir? Train it first, with the same data config.')
+    with open(paths[0], 'rb') as a, open(paths[1], 'rb') as b:
+        if a.read() != b.read():
+            raise ValueError(f'{other} has a different tokenizer from {workdir}: an ensemble '
+                             'needs runs trained with the same data config (vocabulary, '
+                             'dataset, direction), so that they share one SentencePiece model')
+
+
+def _describe_steps(steps: list[int]) -> str:
+    return f'average of steps {steps}' if len(steps) > 1 else f'step {steps[0]}'
+
+
 class Translator:
     """Translates lists of sentences with the parameters of a trained run."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
-                 beam_size: int | None = None, alpha: float | None = None, average_last: int = 1):
+                 beam_size: int | None = None, alpha: float | None = None, average_last: int = 1,
+                 ensemble: Sequence[str] = ()):
+        """``ensemble``: other trained workdirs that decode together with ``workdir``, each
+        with the model config in its own config.json; all must share ``workdir``'s tokenizer.
+        Search settings, source length and batch size come from ``config``."""
         if not os.path.isdir(workdir):
             raise FileNotFoundError(f'No such workdir: {workdir}; train first: '
                                     f'python train.py --config CONFIG --workdir {workdir}')
+        if ensemble and config.eval.get('mbr_samples', 0):
+            raise ValueError('MBR decoding (config.eval.mbr_samples) samples from one model; '
+                             'it does not combine with an ensemble: set '
+                             '--config.eval.mbr_samples=0 or decode one workdir')
         self.tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
         self.recaser = recase.load_if_present(workdir)  # None unless trained on lowercased text
-        _, _, self.graphdef, state = build_state(config, self.tokenizer.vocab_size)
-        ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
-        self.params, self.steps = restore_params(ckpt, state.params, average_last)
+        self.graphdef, self.params, self.steps = _restore(config, workdir, self.tokenizer,
+                                                          average_last)
+        self.members, self.member_steps = [workdir, *ensemble], [self.steps]
+        if ensemble:
+            for other in ensemble:
+                _check_same_tokenizer(workdir, other)
+            restored = [(self.graphdef, self.params, self.steps)] + [
+                _restore(load_config(other), other, self.tokenizer, average_last)
+                for other in ensemble]
+            self.graphdef = [graphdef for graphdef, _, _ in restored]
+            self.params = [params for _, params, _ in restored]
+            self.member_steps = [steps for _, _, steps in restored]
         e = config.eval
         self.beam_size = e.beam_size if beam_size is None else beam_size
         self.alpha = e.length_penalty if alpha is None else alpha
@@ -153,12 +202,14 @@ class Translator:
     @property
     def description(self) -> str:
         """What translates: workdir, checkpoint step(s), search and its settings."""
-        steps = (f'average of steps {self.steps}' if len(self.steps) > 1
-                 else f'step {self.steps[0]}')
         search = f'beam {self.beam_size}, alpha {self.alpha}' if self.beam_size > 1 else 'greedy'
         mbr_part = (f'; MBR over {self.mbr_samples} samples, epsilon '
                     f'{self._eval_config.mbr_epsilon}' if self.mbr_samples else '')
-        return f'{self._workdir} ({steps}, {search}{mbr_part})'
+        if len(self.members) > 1:
+            return (f'an ensemble of {len(self.members)}: ' + ', '.join(
+                f'{w} ({_describe_steps(s)})' for w, s in zip(self.members, self.member_steps))
+                + f'; {search}')
+        return f'{self._workdir} ({_describe_steps(self.steps)}, {search}{mbr_part})'
 
     @classmethod
     def from_workdir(cls, workdir: str, **kwargs) -> Translator:
