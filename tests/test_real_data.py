@@ -114,8 +114,20 @@ def test_multi30k_configs_hold_the_measured_recipes():
     en_de.train.batch_size = 64       # as --config.train.batch_size=64 sets it
     assert (en_de.train.eval_every, en_de.train.eval_batches, en_de.train.checkpoint_every) == (
         250, 2, 50)
-    with pytest.raises(ValueError, match=r"\['revers'\]; valid: reverse=True\|False"):
+    with pytest.raises(ValueError, match=r"\['revers'\]; valid: reverse=True\|False, ensemble"):
         multi30k_config.get_config('revers=True')
+
+
+def test_multi30k_ensemble_members_hold_their_recipe():
+    member = load_config('configs/multi30k.py:reverse=True,ensemble=2')
+    single = load_config('configs/multi30k.py:reverse=True,ensemble=1')
+    assert (member.model.dropout_rate, member.train.num_steps) == (0.1, 7500)
+    assert (single.model.dropout_rate, single.train.num_steps) == (0.25, 14000)
+    member.model.dropout_rate, member.train.num_steps = 0.25, 14000
+    assert member.to_dict() == single.to_dict()  # nothing else differs
+    for arg in ('ensemble=2', 'reverse=True,ensemble=3'):
+        with pytest.raises(ValueError, match='not a measured recipe'):
+            multi30k_config.get_config(arg)
 
 
 def test_wmt14_trains_end_to_end_on_mock_data(tmp_path):
