@@ -11,10 +11,10 @@
 
 English -> German as an ensemble of two models, each trained on one core at once (host B):
 
-    for i in 0 1; do taskset -c $i python train.py \
-        --config configs/multi30k.py:reverse=True,ensemble=2 --workdir runs/m30k_en_de_$i \
+    for i in 0 1; do taskset -c $i python train.py \\
+        --config configs/multi30k.py:reverse=True,ensemble=2 --workdir runs/m30k_en_de_$i \\
         --config.seed=$i --config.data.manual_dir=PATH/TO/multi30k & done; wait
-    python eval.py --config configs/multi30k.py:reverse=True,ensemble=2 --workdir runs/m30k_en_de_0 \
+    python eval.py --config configs/multi30k.py:reverse=True,ensemble=2 --workdir runs/m30k_en_de_0 \\
         --ensemble=runs/m30k_en_de_1 --average_last=5 --config.data.manual_dir=PATH/TO/multi30k
 
 Hardware: 2-core CPUs without an accelerator. Three hosts appear below, named by what they

@@ -93,12 +93,14 @@ def make_decoder(graphdef, *, max_decode_len: int, beam_size: int = 1, alpha: fl
     Given a list of graphdefs, ``params`` is the list of their parameters: an ensemble
     (``decode.model_beam_search``).
     """
+    is_ensemble = isinstance(graphdef, list)
+
     def run(params, src):
-        if isinstance(graphdef, list):
+        if is_ensemble:
             model = [nnx.merge(g, p) for g, p in zip(graphdef, params)]
         else:
             model = nnx.merge(graphdef, params)
-        if beam_size == 1 and length_offset is None and not isinstance(model, list):
+        if beam_size == 1 and length_offset is None and not is_ensemble:
             return decode.greedy_decode(model, src, bos_id=data.BOS_ID, eos_id=data.EOS_ID,
                                         max_len=max_decode_len)
         return decode.model_beam_search(model, src, beam_size=beam_size, alpha=alpha,
@@ -160,18 +162,16 @@ class Translator:
                              '--config.eval.mbr_samples=0 or decode one workdir')
         self.tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
         self.recaser = recase.load_if_present(workdir)  # None unless trained on lowercased text
-        self.graphdef, self.params, self.steps = _restore(config, workdir, self.tokenizer,
-                                                          average_last)
-        self.members, self.member_steps = [workdir, *ensemble], [self.steps]
-        if ensemble:
-            for other in ensemble:
-                _check_same_tokenizer(workdir, other)
-            restored = [(self.graphdef, self.params, self.steps)] + [
-                _restore(load_config(other), other, self.tokenizer, average_last)
-                for other in ensemble]
-            self.graphdef = [graphdef for graphdef, _, _ in restored]
-            self.params = [params for _, params, _ in restored]
-            self.member_steps = [steps for _, _, steps in restored]
+        for other in ensemble:
+            _check_same_tokenizer(workdir, other)
+        self.members = [workdir, *ensemble]
+        member_configs = [config] + [load_config(other) for other in ensemble]
+        graphdefs, params, self.member_steps = map(list, zip(*(
+            _restore(c, w, self.tokenizer, average_last)
+            for c, w in zip(member_configs, self.members))))
+        self.steps = self.member_steps[0]
+        # One model: its graphdef and parameters; an ensemble: the lists (see make_decoder).
+        self.graphdef, self.params = (graphdefs, params) if ensemble else (graphdefs[0], params[0])
         e = config.eval
         self.beam_size = e.beam_size if beam_size is None else beam_size
         self.alpha = e.length_penalty if alpha is None else alpha
