@@ -52,16 +52,18 @@ steps, so that two one-core processes each fit the hour. Host B (AMD EPYC, AVX-5
 and 3 (the commands above): the two trained side by side in 59 min 18 s and 58 min 52 s (~0.47
 s/step each; final validation NLL 1.500 and 1.512); test2016, beam 4, alpha 1.0: each member's
 average of the last 5: tokenized lowercased BLEU 41.09, sacreBLEU 40.01 (target: 41.0); last
-checkpoints: 40.94 / 39.90; evaluation 3 min 39 s for both. The members alone (last
-checkpoint): 39.27 / 38.26 and 39.72 / 38.69, so the pair gains 1.2-1.7 BLEU over each. Two
-other pairs scored less, so on another host or with other seeds expect a few tenths either side
-of 41: seeds 0 and 1 at dropout 0.1 on host B (58 min 47 s and 58 min 33 s; final validation
-NLL 1.508 and 1.500): 40.46 / 39.38, average of the last 5: 40.39 / 39.29 (the members alone:
-39.46 / 38.43 and 38.98 / 37.91); seeds 0 and 1 at dropout 0.15 and 7,000 steps on host C (an
-Intel Xeon; 58 min 47 s and 58 min 1 s, two one-core processes there ran 1.3x the steps per
-second of one two-core process): 40.38 / 39.36, average of the last 5: 40.64 / 39.56. All four
-host B models decoded together (last checkpoints; two hours of training): 40.76 / 39.73, below
-the seeds 2 and 3 pair alone.
+checkpoints: 40.94 / 39.90; evaluation 3 min 39 s for both. The same commands run again from a
+fresh clone on host B (59 min 21 s and 59 min 38 s) gave the same losses at every logged step
+and the same hypotheses, byte for byte. The members alone (last checkpoint): 39.27 / 38.26 and
+39.72 / 38.69, so the pair gains 1.2-1.7 BLEU over each. Two other pairs scored less, so on
+another host or with other seeds expect a few tenths either side of 41: seeds 0 and 1 at
+dropout 0.1 on host B (58 min 47 s and 58 min 33 s; final validation NLL 1.508 and 1.500):
+40.46 / 39.38, average of the last 5: 40.39 / 39.29 (the members alone: 39.46 / 38.43 and
+38.98 / 37.91); seeds 0 and 1 at dropout 0.15 and 7,000 steps on host C (an Intel Xeon; 58 min 47 s
+and 58 min 1 s, two one-core processes there ran 1.3x the steps per second of one two-core
+process): 40.38 / 39.36, average of the last 5: 40.64 / 39.56. All four host B models decoded
+together (last checkpoints; two hours of training): 40.76 / 39.73, below the seeds 2 and 3 pair
+alone.
 
 Also measured for this direction, each a single run (host A unless named):
   - host B, the published tiny model's shape and batch: ``--config.model.variant=compact``
