@@ -18,10 +18,20 @@ listed GNMT alpha and then translates --split with the alpha whose tokenized low
 was highest there (the first on a tie), so the test split never chooses its own setting.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from transformer import host_memory
 
-from transformer import config_lib, evaluate, inference, metrics, tasks
+host_memory.keep_freed_memory()  # before any library starts threads that allocate
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from transformer import config_lib, datasets, metrics  # noqa: E402
+from transformer.translator import Translator  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'The config the run was trained with.',
@@ -52,7 +62,7 @@ def parse_alphas(values: list[str]) -> list[float]:
     return alphas
 
 
-def tune_length_penalty(translator: inference.Translator, alphas: list[float], pairs,
+def tune_length_penalty(translator: Translator, alphas: list[float], pairs,
                         language: str) -> dict[str, float]:
     """Translates ``pairs`` with each alpha and leaves ``translator`` on the best one.
 
@@ -71,7 +81,7 @@ def tune_length_penalty(translator: inference.Translator, alphas: list[float], p
     return {f'{alpha:g}': round(score, 2) for alpha, score in scores.items()}
 
 
-def ensemble_info(translator: inference.Translator) -> dict:
+def ensemble_info(translator: Translator) -> dict:
     """{'ensemble': [{workdir, checkpoint_steps}, ...]} for an ensemble, else {}."""
     if len(translator.members) == 1:
         return {}
@@ -79,39 +89,63 @@ def ensemble_info(translator: inference.Translator) -> dict:
                          for w, s in zip(translator.members, translator.member_steps)]}
 
 
+def score_and_write(workdir: str, name: str, step: int, sources: list[str],
+                    hypotheses: list[str], references: list[str], *, target_language: str,
+                    num_samples: int = 5, extra: dict | None = None) -> dict:
+    """Scores hypotheses, writes ``hypotheses_<name>.txt`` and ``eval_<name>.json``.
+
+    Returns the scores (also printed, with sacreBLEU's signature and sample translations):
+    sacreBLEU (cased, detokenized), the tokenized lowercased BLEU that published Multi30k
+    results use, and exact match.
+    """
+    score, signature = metrics.bleu(hypotheses, references)
+    tok_score = metrics.tokenized_bleu(hypotheses, references, target_language)
+    result = {'name': name, 'step': step, 'num_examples': len(references),
+              'sacrebleu': round(score, 2), 'sacrebleu_signature': signature,
+              'tokenized_lowercased_bleu': round(tok_score, 2),
+              'exact_match': round(metrics.exact_match(hypotheses, references), 2),
+              **(extra or {})}
+    with open(os.path.join(workdir, f'hypotheses_{name}.txt'), 'w') as f:
+        f.writelines(h + '\n' for h in hypotheses)
+    with open(os.path.join(workdir, f'eval_{name}.json'), 'w') as f:
+        json.dump(result, f, indent=2)
+    print(f'{name} (step {step}): sacreBLEU {score:.2f} ({signature}); tokenized lowercased '
+          f'BLEU {tok_score:.2f}; exact match {result["exact_match"]:.2f}% of {len(references)}')
+    for src, hyp, ref in list(zip(sources, hypotheses, references))[:num_samples]:
+        mark = '=' if hyp.strip() == ref.strip() else 'x'
+        print(f'  [{mark}] {src}\n      hyp: {hyp}\n      ref: {ref}')
+    return result
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    inference.configure_logging()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # the libraries' chatter: warnings only
+    logging.getLogger('transformer').setLevel(logging.INFO)
     config = FLAGS.config
     split = FLAGS.split or config.eval.split
+    d = config.data
     try:
         config_lib.validate(config)
         alphas = parse_alphas(FLAGS.tune_length_penalty)
-        d = config.data
-        splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
-                                   **d.builder_kwargs)
-        translator = inference.Translator(config, FLAGS.workdir, ensemble=FLAGS.ensemble)
+        if alphas and config.eval.beam_size == 1:
+            raise ValueError('--tune_length_penalty needs beam search, but config.eval.beam_size=1 '
+                             '(greedy decoding has no length penalty).')
+        wanted = [split] + ([FLAGS.tune_split] if alphas and FLAGS.tune_split != split else [])
+        splits = datasets.load_splits(d.dataset, d.data_dir, wanted, manual_dir=d.manual_dir,
+                                      **d.builder_kwargs)
+        translator = Translator(config, FLAGS.workdir, ensemble=FLAGS.ensemble)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f'Error: {e}') from None
-    if split not in splits:
-        raise SystemExit(f'Error: split {split!r} not in {d.dataset}; valid: {sorted(splits)}')
-    if alphas:
-        if translator.beam_size == 1:
-            raise SystemExit('Error: --tune_length_penalty needs beam search, but '
-                             'config.eval.beam_size=1 (greedy decoding has no length penalty).')
-        if FLAGS.tune_split not in splits:
-            raise SystemExit(f'Error: --tune_split={FLAGS.tune_split!r} not in {d.dataset}; '
-                             f'valid: {sorted(splits)}')
-        if FLAGS.tune_split == split:
-            print(f'Warning: tuning the length penalty on {split}, the split being scored: '
-                  'its score is then optimistic. Score another split (--split).')
+    if alphas and FLAGS.tune_split == split:
+        print(f'Warning: tuning the length penalty on {split}, the split being scored: '
+              'its score is then optimistic. Score another split (--split).')
     sources, references = zip(*splits[split])
 
     name = f'{split}_ens{len(translator.members)}' if FLAGS.ensemble else split
     runs = [(name, translator)]
     if FLAGS.average_last > 1:
-        averaged = inference.Translator(config, FLAGS.workdir, average_last=FLAGS.average_last,
+        averaged = Translator(config, FLAGS.workdir, average_last=FLAGS.average_last,
                                         ensemble=FLAGS.ensemble)
         runs.append((f'{name}_avg{FLAGS.average_last}', averaged))
     for name, t in runs:
@@ -123,7 +157,7 @@ def main(argv):
                     t, alphas, splits[FLAGS.tune_split], d.target_language)}}
         print(f'Translating {len(sources)} sentences of {split} with {t.description}')
         hypotheses = t.translate(list(sources))
-        evaluate.score_and_write(FLAGS.workdir, name, t.steps[-1], sources, hypotheses,
+        score_and_write(FLAGS.workdir, name, t.steps[-1], sources, hypotheses,
                                  references, target_language=d.target_language,
                                  num_samples=config.eval.num_samples,
                                  extra={'checkpoint_steps': t.steps, **ensemble_info(t),

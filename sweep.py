@@ -33,14 +33,14 @@ import time
 
 from absl import app, flags
 
-from transformer import sweeps
+from transformer import hparam_search
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config', None, 'Config file that defines get_sweep(), e.g. configs/default.py.')
 flags.DEFINE_string('workdir', None, 'Directory for the trials, results.csv and results.md.')
 flags.DEFINE_integer('parallel', 1, 'Trials run at the same time.')
 flags.DEFINE_bool('dry_run', False, 'Print one command line per trial and exit.')
-flags.DEFINE_enum('metric', 'validation_loss', list(sweeps.METRICS), 'What the table is sorted by.')
+flags.DEFINE_enum('metric', 'validation_loss', list(hparam_search.METRICS), 'What the table is sorted by.')
 flags.DEFINE_bool('eval', True, 'Run eval.py on the validation split after each trial (BLEU).')
 flags.DEFINE_enum('mode', 'list', ['list', 'optuna'], "'list': the trials get_sweep() returns; "
                   "'optuna': an Optuna study over the same values (or get_search_space()).")
@@ -64,7 +64,7 @@ def load_sweep(config_arg: str):
     spec.loader.exec_module(module)
     if not hasattr(module, 'get_sweep'):
         raise SystemExit(f'Error: {path} declares no get_sweep(); add one returning a list of '
-                         'override dicts (see transformer/sweeps.py: grid, random_search).')
+                         'override dicts (see transformer/hparam_search.py: grid, random_search).')
     trials = module.get_sweep(arg or None)
     space = module.get_search_space(arg or None) if hasattr(module, 'get_search_space') else None
     return trials, space
@@ -85,7 +85,7 @@ def commands(trial: dict, trial_dir: str, portable: bool = False) -> list[list[s
 
     ``portable``: 'python train.py ...' relative to the repository, for another machine.
     """
-    overrides = sweeps.flags({**parse_extra(FLAGS.extra), **trial})
+    overrides = hparam_search.flags({**parse_extra(FLAGS.extra), **trial})
     common = ['--config', FLAGS.config, '--workdir', trial_dir, *overrides]
     python = 'python' if portable else sys.executable
     script = (lambda name: name) if portable else (lambda name: os.path.join(ROOT, name))
@@ -109,7 +109,7 @@ def run_trial(trial: dict, index: int, total: int, on_validation=None) -> dict:
     ``on_validation(curve)`` is called every few seconds while it trains with the validation
     curve so far, [(step, value)]; returning True prunes the trial (Optuna).
     """
-    name = sweeps.trial_name(trial)
+    name = hparam_search.trial_name(trial)
     trial_dir = os.path.join(FLAGS.workdir, name)
     status_path = os.path.join(trial_dir, STATUS_FILE)
     if os.path.exists(status_path):
@@ -129,7 +129,7 @@ def run_trial(trial: dict, index: int, total: int, on_validation=None) -> dict:
             while process.poll() is None:
                 time.sleep(2.0)
                 if on_validation and cmd[1].endswith('train.py') and not pruned:
-                    pruned = on_validation(sweeps.validation_curve(trial_dir, FLAGS.metric))
+                    pruned = on_validation(hparam_search.validation_curve(trial_dir, FLAGS.metric))
                     if pruned:  # SIGTERM: the trial saves a checkpoint and stops
                         process.send_signal(signal.SIGTERM)
         if pruned:
@@ -138,7 +138,7 @@ def run_trial(trial: dict, index: int, total: int, on_validation=None) -> dict:
         if process.returncode != 0:
             record.update(status='failed', error=last_error(log_path))
             break
-    record.update(seconds=round(time.time() - start, 1), metrics=sweeps.read_metrics(trial_dir))
+    record.update(seconds=round(time.time() - start, 1), metrics=hparam_search.trial_metrics(trial_dir))
     if record['status'] != 'pruned':  # a pruned trial may be resumed by a later study
         with open(status_path, 'w') as f:
             json.dump(record, f, indent=2)
@@ -152,7 +152,7 @@ def run_trial(trial: dict, index: int, total: int, on_validation=None) -> dict:
 def write_results(records: list[dict]) -> None:
     """results.csv, results.md sorted by the metric, and sweep.png."""
     keys = list(dict.fromkeys(k for r in records for k in r['overrides']))
-    metric_names = list(sweeps.METRICS)
+    metric_names = list(hparam_search.METRICS)
     rows = [{'trial': r['name'], 'status': r['status'], **{k: '' for k in keys}, **r['overrides'],
              **{m: r.get('metrics', {}).get(m, '') for m in metric_names}, 'error': r['error']}
             for r in records]
@@ -161,7 +161,7 @@ def write_results(records: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
 
-    larger_is_better = sweeps.METRICS[FLAGS.metric]
+    larger_is_better = hparam_search.METRICS[FLAGS.metric]
     scored = [r for r in rows if r[FLAGS.metric] != '']
     scored.sort(key=lambda r: r[FLAGS.metric], reverse=larger_is_better)
     unscored = [r for r in rows if r[FLAGS.metric] == '']
@@ -169,7 +169,7 @@ def write_results(records: list[dict]) -> None:
     cols = [*keys, *shown, 'status']
     lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     for r in scored + unscored:
-        cells = [sweeps.format_value(r.get(k, '')) if k in keys else
+        cells = [hparam_search.format_value(r.get(k, '')) if k in keys else
                  (f'{r[k]:.4g}' if isinstance(r[k], float) else str(r[k])) for k in cols[:-1]]
         status = r['status'] + (f': {r["error"]}' if r['error'] else '')
         lines.append('| ' + ' | '.join(cells + [status.replace('|', '/')]) + ' |')
@@ -217,9 +217,9 @@ def run_optuna(trials: list[dict], space) -> list[dict]:
         import optuna
     except ImportError:
         raise SystemExit('Error: --mode optuna needs Optuna: pip install optuna') from None
-    space = space or sweeps.search_space(trials)
+    space = space or hparam_search.search_space(trials)
     storage = FLAGS.study_storage or f'sqlite:///{os.path.abspath(FLAGS.workdir)}/study.db'
-    larger_is_better = sweeps.METRICS[FLAGS.metric]
+    larger_is_better = hparam_search.METRICS[FLAGS.metric]
     study = optuna.create_study(
         study_name=os.path.basename(os.path.abspath(FLAGS.workdir)), storage=storage,
         load_if_exists=True, direction='maximize' if larger_is_better else 'minimize',
@@ -230,9 +230,9 @@ def run_optuna(trials: list[dict], space) -> list[dict]:
     def suggest(trial):
         values = {}
         for key, dist in space.items():
-            if isinstance(dist, sweeps.LogUniform):
+            if isinstance(dist, hparam_search.LogUniform):
                 values[key] = float(f'{trial.suggest_float(key, dist.low, dist.high, log=True):.3g}')
-            elif isinstance(dist, sweeps.Uniform):
+            elif isinstance(dist, hparam_search.Uniform):
                 values[key] = float(f'{trial.suggest_float(key, dist.low, dist.high):.3g}')
             else:
                 values[key] = trial.suggest_categorical(key, list(dist.options))
@@ -273,7 +273,7 @@ def main(argv):
     trials, space = load_sweep(FLAGS.config)
     if FLAGS.dry_run:
         for trial in trials:
-            trial_dir = os.path.join(FLAGS.workdir, sweeps.trial_name(trial))
+            trial_dir = os.path.join(FLAGS.workdir, hparam_search.trial_name(trial))
             cmds = commands(trial, trial_dir, portable=True)
             print(' && '.join(' '.join(shlex.quote(part) for part in cmd) for cmd in cmds))
         return

@@ -6,17 +6,24 @@
 Running the same command again resumes from the latest checkpoint in --workdir.
 """
 
-import sys
+from transformer import host_memory
 
-import jax
-from absl import app, flags
-from ml_collections import config_flags
+host_memory.keep_freed_memory()  # before any library starts threads that allocate
 
-from transformer import inference, sharding, trainer
-from transformer.checkpoint import CheckpointMismatchError
-from transformer.config_lib import ConfigError
-from transformer.data import VocabularyError
-from transformer.sharding import MeshError
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from transformer import sharding, trainer  # noqa: E402
+from transformer.checkpoint import CheckpointMismatchError  # noqa: E402
+from transformer.config_lib import ConfigError  # noqa: E402
+from transformer.datasets import DataNotFoundError  # noqa: E402
+from transformer.sharding import MeshError  # noqa: E402
+from transformer.tokenizer import VocabularyError  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/default.py.',
@@ -45,7 +52,8 @@ def compile_only(config) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    inference.configure_logging()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # the libraries' chatter: warnings only
+    logging.getLogger('transformer').setLevel(logging.INFO)
     sharding.initialize_distributed(FLAGS.config.distributed)
     if FLAGS.compile_only:
         try:
@@ -57,8 +65,8 @@ def main(argv):
     except trainer.TrainingInterrupted as e:
         print(f'Stopped by {e}', file=sys.stderr)
         sys.exit(128 + e.signum)
-    except (ConfigError, MeshError, VocabularyError, FileNotFoundError, CheckpointMismatchError,
-            trainer.NonFiniteLossError) as e:
+    except (ConfigError, MeshError, VocabularyError, FileNotFoundError, DataNotFoundError,
+            CheckpointMismatchError, trainer.NonFiniteLossError) as e:
         raise SystemExit(f'Error: {e}') from None
     if result:
         print('final validation: ' + ', '.join(f'{k} {v:.4f}' for k, v in result.items()))

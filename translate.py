@@ -6,14 +6,22 @@
     python translate.py --workdir runs/a --ensemble=runs/b < sentences.de   # two models
 
 Beam search (config.eval.beam_size, length penalty config.eval.length_penalty) by default.
-Each input line gives one output line; an empty line gives an empty line.
+Each input line gives one output line; an empty line gives an empty line. Input is read as
+UTF-8; bytes that are not (e.g. a Latin-1 file) become U+FFFD, with a warning that counts
+the lines.
 """
 
-import sys
+from transformer import host_memory
 
-from absl import app, flags
+host_memory.keep_freed_memory()  # before any library starts threads that allocate
 
-from transformer import inference
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+
+from transformer.translator import Translator  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A trained run (holds config.json, tokenizer, checkpoints).')
@@ -27,7 +35,24 @@ flags.DEFINE_list('ensemble', [], 'Other trained workdirs (the same data config)
 flags.mark_flag_as_required('workdir')
 
 
-def interactive(translator: inference.Translator) -> None:
+def decode_lines(raw: bytes, name: str) -> list[str]:
+    """The lines of ``raw``, decoded as UTF-8; invalid bytes become U+FFFD with a warning
+    that names ``name``, counts the lines and gives the first one's number."""
+    lines, bad = [], []
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(line.decode('utf-8'))
+        except UnicodeDecodeError:
+            lines.append(line.decode('utf-8', errors='replace'))
+            bad.append(number)
+    if bad:
+        print(f'Warning: {len(bad)} line(s) of {name} are not valid UTF-8 (the first: line '
+              f'{bad[0]}); their undecodable bytes were replaced by U+FFFD. Convert the input '
+              'first (e.g. iconv -f latin1 -t utf-8) for faithful translations.', file=sys.stderr)
+    return lines
+
+
+def interactive(translator: Translator) -> None:
     print(f'Translating with {translator.description}. Type a sentence; Ctrl-D to quit.',
           file=sys.stderr)
     while True:
@@ -36,6 +61,7 @@ def interactive(translator: inference.Translator) -> None:
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return
+        line = line.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')
         if line.strip():
             print(translator.translate([line])[0])
 
@@ -43,9 +69,10 @@ def interactive(translator: inference.Translator) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    inference.configure_logging()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # the libraries' chatter: warnings only
+    logging.getLogger('transformer').setLevel(logging.INFO)
     try:
-        translator = inference.Translator.from_workdir(
+        translator = Translator.from_workdir(
             FLAGS.workdir, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
             average_last=FLAGS.average_last, ensemble=FLAGS.ensemble)
     except (FileNotFoundError, ValueError) as e:
@@ -55,9 +82,11 @@ def main(argv):
         interactive(translator)
         return
     try:
-        with (open(FLAGS.input, encoding='utf-8', errors='replace') if FLAGS.input
-              else sys.stdin) as f:
-            lines = f.read().splitlines()
+        if FLAGS.input:
+            with open(FLAGS.input, 'rb') as f:
+                lines = decode_lines(f.read(), FLAGS.input)
+        else:
+            lines = decode_lines(sys.stdin.buffer.read(), 'standard input')
     except OSError as e:
         raise SystemExit(f'Error: cannot read {FLAGS.input}: {e.strerror}') from None
     if not any(line.strip() for line in lines):

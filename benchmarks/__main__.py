@@ -81,7 +81,7 @@ def worker(name: str, multi30k_dir: str) -> None:
 
 
 def add_utilization(results: list[dict]) -> None:
-    """MFU against both matmul peaks of this run, and the ratios the issue asks for."""
+    """MFU against both matmul peaks of this run, and our speed as a ratio of the peer's."""
     peaks = next((r for r in results if r['case'] == 'matmul_peaks' and 'error' not in r), None)
     for r in results:
         if peaks and 'model_flops' in r:

@@ -28,6 +28,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-# name -> (variant, vocab, batch, src_len, tgt_len): the sizes of the table.
+# name -> (variant, vocab, batch, src_len, tgt_len): the sizes the README's table reports.
 TRAIN_SIZES = {'small': ('small', 8192, 64, 32, 32), 'base': ('base', 32000, 16, 64, 64)}
 DECODE_SIZE = ('small', 8192, 64, 32, 32)  # 64 sentences, 32 source and 32 target tokens

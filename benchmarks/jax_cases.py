@@ -15,9 +15,9 @@ from flax import nnx
 
 from benchmarks.common import DECODE_SIZE, TRAIN_SIZES, median_seconds, peak_rss_mib
 from benchmarks.flops import train_flops
-from transformer import decode, train_lib
-from transformer.data import BOS_ID
+from transformer import decode, optim, steps
 from transformer.model import EncoderDecoder, ModelConfig
+from transformer.tokenizer import BOS_ID
 
 
 def matmul_peaks(repeats: int = 5) -> dict:
@@ -35,7 +35,7 @@ def matmul_peaks(repeats: int = 5) -> dict:
 
 
 def _synthetic_batch(batch: int, src_len: int, tgt_len: int, vocab: int) -> dict:
-    """Random tokens, no padding (as in the issue's table)."""
+    """Random tokens, no padding: every position is a real token."""
     rng = np.random.default_rng(0)
     targets = rng.integers(4, vocab, (batch, tgt_len)).astype(np.int32)
     decoder_inputs = np.concatenate([np.full((batch, 1), BOS_ID, np.int32), targets[:, :-1]], 1)
@@ -49,10 +49,13 @@ def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeat
     # 'mixed': float32 activations, bfloat16 matmul operands in both passes.
     precision = dict(matmul_dtype='bfloat16') if dtype == 'mixed' else dict(dtype=dtype)
     cfg = ModelConfig.make(variant, vocab, dropout_rate=dropout, **precision)
-    model = EncoderDecoder(cfg, rngs=nnx.Rngs(0))
-    optimizer = train_lib.make_optimizer(1e-4, 100)
-    graphdef, state = train_lib.init_state(model, optimizer)
-    step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=0.1, dropout_seed=0)
+    def make_model():
+        return EncoderDecoder(cfg, rngs=nnx.Rngs(0))
+    optimizer = optim.make_optimizer(optim.rsqrt_schedule(1e-4, 100, 0), 'adam',
+                                     dict(b1=0.9, b2=0.98, eps=1e-9))
+    graphdef, _ = steps.abstract_state(make_model, optimizer)
+    state = steps.init_state(make_model, optimizer)
+    step = steps.make_train_step(graphdef, optimizer, label_smoothing=0.1, dropout_seed=0)
     data = _synthetic_batch(batch, src_len, tgt_len, vocab)
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
@@ -133,10 +136,10 @@ def loss_head(*, warmup: int = 2, repeats: int = 15) -> dict:
     """The output layer and label-smoothed loss of a Multi30k step, with their gradients.
 
     16 x 64 decoder states of width 256 against a 4,000-token embedding: our loss with its
-    own gradient (``train_lib.token_losses``) against autodiff of the textbook version
+    own gradient (``losses.token_losses``) against autodiff of the textbook version
     (log_softmax, a one-hot smoothed target, argmax accuracy), alternating.
     """
-    from transformer import layers
+    from transformer import layers, losses
 
     rows, d, vocab, eps = 16 * 64, 256, 4000, 0.1
     key = jax.random.key(0)
@@ -145,7 +148,7 @@ def loss_head(*, warmup: int = 2, repeats: int = 15) -> dict:
     targets = jax.random.randint(jax.random.fold_in(key, 2), (rows,), 4, vocab)
 
     def ours(y, table):
-        loss, nll, correct = train_lib.token_losses(
+        loss, nll, correct = losses.token_losses(
             layers.matmul(y, table.T, jnp.float32), targets, eps)
         return jnp.sum(loss), (jnp.sum(nll), jnp.sum(correct))
 
@@ -172,16 +175,19 @@ def input_pipeline(manual_dir: str, *, subword_nbest: int = 1, batches: int = 30
     import os
 
     from configs import multi30k
-    from transformer import data, tasks
+    from transformer import datasets
+    from transformer import input_pipeline as pipeline
+    from transformer.tokenizer import train_tokenizer
 
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     config = multi30k.get_config()
-    pairs = tasks.load_splits('multi30k', '', manual_dir=manual_dir)['train']
-    tokenizer = data.train_tokenizer((t for pair in pairs[:10000] for t in pair), 8000)
-    lengths = data.Lengths(config.data.max_source_length, config.data.max_target_length)
+    pairs = datasets.load_splits('multi30k', '', ['train'], manual_dir=manual_dir)['train']
+    tokenizer = train_tokenizer((t for pair in pairs[:10000] for t in pair), 8000)
+    lengths = pipeline.Lengths(config.data.max_source_length, config.data.max_target_length)
     alpha = config.data.subword_alpha
-    iterator = iter(data.train_dataset(pairs, tokenizer, lengths, config.train.batch_size, seed=0,
-                                       subword_nbest=subword_nbest, subword_alpha=alpha))
+    iterator = iter(pipeline.train_dataset(pairs, tokenizer, lengths, config.train.batch_size,
+                                           seed=0, subword_nbest=subword_nbest,
+                                           subword_alpha=alpha))
     if subword_nbest > 1:  # steady state, as after the first epoch: every word's n-best known
         rng = np.random.default_rng(0)
         for text in (t for pair in pairs for t in pair):

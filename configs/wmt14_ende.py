@@ -43,21 +43,22 @@ Only mock data runs in the tests; base and big are compiled for an 8-device mesh
 
 import ml_collections
 
-from configs import default
+from configs import common
+from transformer.model import SIZES
 
-# The paper's hyperparameters (section 5): (dropout, steps). Peak learning rate of the
-# schedule d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) is (d_model * warmup)^-0.5.
-VARIANTS = {'base': (0.1, 100_000), 'big': (0.3, 300_000)}
-D_MODEL = {'base': 512, 'big': 1024}
+# The paper's hyperparameters (section 5) per model size: (dropout, steps). The peak
+# learning rate of the schedule d_model^-0.5 * min(step^-0.5, step * warmup^-1.5) is
+# (d_model * warmup)^-0.5.
+RECIPES = {'base': (0.1, 100_000), 'big': (0.3, 300_000)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     variant = arg or 'base'
-    if variant not in VARIANTS:
-        raise ValueError(f'Unknown variant {variant!r}; valid: {sorted(VARIANTS)}')
-    dropout, steps = VARIANTS[variant]
+    if variant not in RECIPES:
+        raise ValueError(f'Unknown variant {variant!r}; valid: {sorted(RECIPES)}')
+    dropout, steps = RECIPES[variant]
 
-    config = default.get_config()
+    config = common.base_config()
     config.data.dataset = 'wmt14_translate'
     config.data.builder_kwargs = ml_collections.ConfigDict(dict(reverse=False))
     config.data.target_language = 'de'
@@ -73,7 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.grad_accum_steps = 3     # 3 x 32 x 256 = 24.6k tokens per side per update
     config.train.num_steps = steps
     config.train.warmup_steps = 4000
-    config.train.learning_rate = (D_MODEL[variant] * 4000) ** -0.5
+    d_model = SIZES[variant][0]
+    config.train.learning_rate = (d_model * 4000) ** -0.5
     config.train.label_smoothing = 0.1
     config.train.log_every = 100
     config.train.eval_every = 5000

@@ -30,8 +30,10 @@ sys.path.insert(0, ROOT)  # the configs package lives at the repository root
 
 from configs import default as default_config  # noqa: E402
 from configs import multi30k as multi30k_config  # noqa: E402
-from transformer import data, inference, metrics  # noqa: E402
+from transformer import config_lib, writers  # noqa: E402
 from transformer.model import sinusoidal_encoding  # noqa: E402
+from transformer.tokenizer import BOS_ID, EOS_ID  # noqa: E402
+from transformer.translator import Translator  # noqa: E402
 
 # An example that needs reordering: German writes the day before the month.
 EXAMPLE = 'March 14, 1975'
@@ -64,7 +66,7 @@ def learning_rate(out_dir: str) -> str:
                          ('configs/multi30k.py', multi30k_config)):
         config = module.get_config()
         steps = np.arange(config.train.num_steps)
-        rates = np.asarray(inference.make_schedule(config)(steps))
+        rates = np.asarray(config_lib.make_schedule(config)(steps))
         ax.plot(steps, rates, label=f'{name}: {config.train.schedule}, warmup '
                                     f'{config.train.warmup_steps}')
     ax.set(xlabel='step', ylabel='learning rate', title='Learning-rate schedules')
@@ -76,18 +78,18 @@ def cross_attention(workdir: str, out_dir: str, sentence: str = EXAMPLE) -> str:
     """Cross-attention of each decoder layer (mean over heads) while it reads its own
     beam-search translation of ``sentence`` (the run's eval settings, last checkpoint)."""
     from flax import nnx
-    translator = inference.Translator.from_workdir(workdir)
+    translator = Translator.from_workdir(workdir)
     model, tokenizer = nnx.merge(translator.graphdef, translator.params), translator.tokenizer
     output = translator.translate([sentence])[0]
-    src_ids = tokenizer.encode(sentence) + [data.EOS_ID]
-    tgt_ids = tokenizer.encode(output) + [data.EOS_ID]
+    src_ids = tokenizer.encode(sentence) + [EOS_ID]
+    tgt_ids = tokenizer.encode(output) + [EOS_ID]
     weights = model.cross_attention_weights(jnp.asarray([src_ids]),
-                                            jnp.asarray([[data.BOS_ID] + tgt_ids[:-1]]))
+                                            jnp.asarray([[BOS_ID] + tgt_ids[:-1]]))
     weights = np.asarray(weights)[:, 0].mean(axis=1)  # [layers, t, s]
     pieces = tokenizer.sp.id_to_piece
 
     def label(i):
-        return '</s>' if i == data.EOS_ID else pieces(i)
+        return '</s>' if i == EOS_ID else pieces(i)
 
     layers = weights.shape[0]
     fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers + 1, 3.6), squeeze=False,
@@ -106,7 +108,7 @@ def learning_curves(workdirs: list[str], out_dir: str) -> str:
     """Validation loss (label-smoothed cross-entropy) against training step, per run."""
     fig, axes = plt.subplots(1, len(workdirs), figsize=(5 * len(workdirs), 3.5), squeeze=False)
     for ax, workdir in zip(axes[0], workdirs):
-        records = metrics.read_metrics(workdir)
+        records = writers.read_metrics(workdir)
         for split, style in (('train', '-'), ('validation', 'o-')):
             rows = [r for r in records if r['split'] == split]
             ax.plot([r['step'] for r in rows], [r['nll'] for r in rows], style, label=split)

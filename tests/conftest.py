@@ -1,20 +1,27 @@
-"""Shared fixtures: a tiny model and random batches. Everything runs on CPU in seconds."""
+"""Shared fixtures: a tiny model, random batches, and one tiny trained run for the CLI tests.
 
+Compiled programs go to a persistent cache made for this test session, so the many
+train.py / eval.py subprocesses compile each tiny program once, and a run starts from an
+empty cache like a fresh clone does.
+"""
+
+import gzip
 import os
+import subprocess
 import sys
 import tempfile
 
-# Compiled programs are cached on disk for the whole session, so the many train.py
-# subprocesses of the end-to-end and fault tests compile the tiny model once.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      os.path.join(tempfile.gettempdir(), 'transformer-tests-jax-cache'))
+_CACHE = tempfile.mkdtemp(prefix='transformer-tests-jax-cache-')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -44,3 +51,69 @@ def random_tokens(rng: np.random.Generator, batch: int, length: int, *,
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# -- the entry points, run as a user runs them -------------------------------------------
+
+def command(script: str, *args) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, script), *args]
+
+
+def run(script: str, *args, check: bool = True, input: str | None = None,
+        timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs ``python script args`` from the repository root; raises with its output on
+    failure unless ``check`` is False."""
+    result = subprocess.run(command(script, *args), cwd=ROOT, capture_output=True, text=True,
+                            input=input, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f'{script} {args} failed:\n{result.stdout[-3000:]}\n'
+                             f'{result.stderr[-3000:]}')
+    return result
+
+
+def tiny(data_dir, workdir, *extra) -> list[str]:
+    """Arguments of the tiny numbers config into ``workdir``, data in ``data_dir``."""
+    return ['--config', 'configs/default.py:tiny', '--workdir', str(workdir),
+            f'--config.data.data_dir={data_dir}', *extra]
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+    """One TFDS data_dir for the session: the tiny numbers task is prepared once."""
+    return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory, data_dir):
+    """A tiny run trained for 10 steps, then resumed to 20: (workdir, checkpoints after the
+    first run, the second run's output). Tests that change files use a copy."""
+    workdir = tmp_path_factory.mktemp('run')
+    run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=10'))
+    checkpoints_after_first = sorted(os.listdir(workdir / 'checkpoints'))
+    second = run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=20'))
+    return workdir, checkpoints_after_first, second
+
+
+def load_config(spec: str):
+    """The config of ``spec`` (e.g. 'configs/multi30k.py:reverse=True') as train.py loads it."""
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', f'{ROOT}/{spec}', flag_values=flag_values)
+    flag_values(['prog'])
+    return flag_values.config
+
+
+# -- a Multi30k stand-in: the raw file layout, three pairs ---------------------------------
+
+EN = ['A dog runs.', 'Two men talk.', 'A red car.']
+DE = ['Ein Hund rennt.', 'Zwei Männer reden.', 'Ein rotes Auto.']
+
+
+def write_multi30k_raw(folder, en=EN, de=DE):
+    """The six gzip files of Multi30k's raw layout in ``folder``, each split holding en/de."""
+    from transformer.datasets.multi30k import SPLITS
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in SPLITS.values():
+        for lang, lines in (('en', en), ('de', de)):
+            with gzip.open(folder / f'{stem}.{lang}.gz', 'wt', encoding='utf-8') as f:
+                f.write(''.join(line + ' \n' for line in lines))  # trailing space is stripped
+    return folder

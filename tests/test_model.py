@@ -1,4 +1,4 @@
-"""Invariants of attention and the encoder-decoder: the math, masks, cache and sizes."""
+"""The encoder-decoder (transformer/model.py): causality, padding, packing, caching."""
 
 import jax
 import jax.numpy as jnp
@@ -7,41 +7,7 @@ import pytest
 from flax import nnx
 
 from conftest import VOCAB, make_model, random_tokens
-from transformer import layers
 from transformer.model import EncoderDecoder, ModelConfig, count_params, sinusoidal_encoding
-
-
-def naive_multihead(x_q, x_kv, mha: layers.MultiHeadAttention, mask):
-    """Per-head attention written out with numpy loops, as in section 3.2 of the paper."""
-    wq, wk, wv = (np.asarray(p.kernel[...]) for p in (mha.query, mha.key, mha.value))
-    bq, bv = (np.asarray(p.bias[...]) for p in (mha.query, mha.value))
-    bk = np.zeros_like(bq)  # the key projection has no bias (see the next test)
-    wo, bo = np.asarray(mha.out.kernel[...]), np.asarray(mha.out.bias[...])
-    batch, heads, d_head = x_q.shape[0], wq.shape[1], wq.shape[2]
-    out = np.zeros((batch, x_q.shape[1], wo.shape[-1]))
-    for b in range(batch):
-        concat = []
-        for h in range(heads):
-            q = x_q[b] @ wq[:, h] + bq[h]
-            k = x_kv[b] @ wk[:, h] + bk[h]
-            v = x_kv[b] @ wv[:, h] + bv[h]
-            scores = q @ k.T / np.sqrt(d_head)
-            scores = np.where(mask[b], scores, -np.inf)
-            weights = np.exp(scores - scores.max(-1, keepdims=True))
-            weights /= weights.sum(-1, keepdims=True)
-            concat.append(weights @ v)
-        out[b] = np.concatenate(concat, -1) @ wo.reshape(heads * d_head, -1) + bo
-    return out
-
-
-def test_attention_equals_naive_per_head_reference(rng):
-    mha = layers.MultiHeadAttention(32, 4, rngs=nnx.Rngs(0))
-    x_q = rng.normal(size=(2, 5, 32)).astype(np.float32)
-    x_kv = rng.normal(size=(2, 7, 32)).astype(np.float32)
-    mask = rng.random((2, 5, 7)) < 0.7
-    mask[:, :, 0] = True  # every query sees at least one key
-    got = mha(jnp.asarray(x_q), jnp.asarray(mask)[:, None], kv=mha.project_kv(jnp.asarray(x_kv)))
-    np.testing.assert_allclose(got, naive_multihead(x_q, x_kv, mha, mask), rtol=1e-4, atol=1e-5)
 
 
 def test_positional_encoding_equals_the_paper_formula():
@@ -93,6 +59,7 @@ def test_cross_attention_weights_are_distributions_over_real_source_tokens(rng):
     encoded = model.encode(src)
     np.testing.assert_array_equal(
         model.decode(tgt, encoded, (src != 0).astype(np.int32)), model(src, tgt))
+
 
 def test_packed_rows_equal_the_examples_run_separately(rng):
     model = make_model()
@@ -161,48 +128,6 @@ def test_word_dropout_acts_in_training_only(rng):
     assert not np.allclose(words(src, tgt, dropout_rng=jax.random.key(0)), plain(src, tgt))
 
 
-def test_word_dropout_rate_outside_0_1_is_refused():
-    from configs import default
-    from transformer import config_lib
-    config = default.get_config()
-    config.model.token_dropout = 1.0
-    with pytest.raises(config_lib.ConfigError, match='config.model.token_dropout=1.0'):
-        config_lib.validate(config)
-
-
-@pytest.mark.parametrize('rate', [0.1, 0.3, 0.5])
-@pytest.mark.parametrize('shape', [(64, 33, 256), (8, 4, 31, 7)])
-def test_dropout_drops_its_rate_keeps_the_mean_and_decides_each_element_independently(rate,
-                                                                                      shape):
-    x = jnp.ones(shape)
-    y = np.asarray(layers.dropout(x, rate, jax.random.key(0)))
-    assert y.shape == shape
-    used = layers.dropout_threshold(rate) / 256
-    assert abs(used - rate) <= 1 / 512
-    dropped = y == 0
-    n = dropped.size
-    assert abs(dropped.mean() - used) < 5 * np.sqrt(used * (1 - used) / n)   # 5 sigma
-    np.testing.assert_allclose(y[~dropped], 1 / (1 - used), rtol=1e-6)
-    np.testing.assert_allclose(y.mean(), 1.0, atol=5 * np.sqrt(used / (1 - used) / n))
-    # The four bytes of a random word decide four neighbouring elements: they must not be
-    # correlated, and no column (byte position or padding) may be dropped more than others.
-    flat = dropped.reshape(-1, shape[-1])
-    both = (flat[:, :-1] & flat[:, 1:]).mean()
-    assert abs(both - used ** 2) < 5 * np.sqrt(used ** 2 * (1 - used ** 2) / flat[:, 1:].size)
-    per_column = flat.mean(0)
-    assert np.all(np.abs(per_column - used) < 6 * np.sqrt(used * (1 - used) / flat.shape[0]))
-    other = np.asarray(layers.dropout(x, rate, jax.random.key(1))) == 0
-    assert (other != dropped).any()
-
-
-def test_dropout_keeps_dtype_and_rejects_a_rate_outside_0_1():
-    x = jnp.ones((4, 8), jnp.bfloat16)
-    assert layers.dropout(x, 0.1, jax.random.key(0)).dtype == jnp.bfloat16
-    assert layers.dropout(x, 0.0, jax.random.key(0)) is x
-    with pytest.raises(ValueError, match='dropout rate'):
-        layers.dropout(x, 1.0, jax.random.key(0))
-
-
 def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(rng):
     model = make_model(dtype='bfloat16')
     params = nnx.state(model, nnx.Param)
@@ -214,37 +139,6 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(rng):
     np.testing.assert_allclose(logits, make_model()(src, tgt), atol=0.1)
 
 
-def test_mixed_precision_matmul_gradients_use_bfloat16_operands(rng):
-    """matmul_dtype=bfloat16: the gradients are those of the float32 product of the rounded
-    operands, and every dot of the backward pass (not only the forward) takes bfloat16."""
-    x = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
-    w = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
-    g = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
-
-    def loss(x, w, operand_dtype):
-        return jnp.sum(g * layers.matmul(x, w, jnp.float32, operand_dtype))
-
-    grad_x, grad_w = jax.grad(loss, argnums=(0, 1))(x, w, jnp.bfloat16)
-    assert grad_x.dtype == grad_w.dtype == jnp.float32
-    rounded = [a.astype(jnp.bfloat16).astype(jnp.float32) for a in (x, w, g)]
-    np.testing.assert_allclose(grad_x, rounded[2] @ rounded[1].T, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(grad_w, rounded[0].T @ rounded[2], rtol=1e-5, atol=1e-5)
-    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, w, jnp.bfloat16)
-    dots = [eqn for eqn in _all_equations(jaxpr.jaxpr) if eqn.primitive.name == 'dot_general']
-    assert len(dots) == 3
-    assert all(var.aval.dtype == jnp.bfloat16 for eqn in dots for var in eqn.invars)
-
-
-def _all_equations(jaxpr):
-    """The equations of a jaxpr and of every jaxpr nested in their parameters."""
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for param in eqn.params.values():
-            inner = getattr(param, 'jaxpr', param)
-            if hasattr(inner, 'eqns'):
-                yield from _all_equations(inner)
-
-
 def test_mixed_precision_model_tracks_float32_and_trains_float32_parameters(rng):
     model = make_model(matmul_dtype='bfloat16')
     src, tgt = random_tokens(rng, 2, 5), random_tokens(rng, 2, 4)
@@ -253,14 +147,6 @@ def test_mixed_precision_model_tracks_float32_and_trains_float32_parameters(rng)
     np.testing.assert_allclose(logits, make_model()(src, tgt), atol=0.05)
     grads = nnx.grad(lambda m: jnp.sum(m(src, tgt) ** 2))(model)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(grads))
-
-
-def test_a_key_bias_would_change_nothing(rng):
-    q, k, v = (jnp.asarray(rng.normal(size=(2, 5, 4, 8)), jnp.float32) for _ in range(3))
-    bias = jnp.asarray(rng.normal(size=(4, 8)), jnp.float32)
-    mask = jnp.asarray(rng.random((2, 1, 5, 5)) < 0.8).at[..., 0].set(True)
-    np.testing.assert_allclose(layers.dot_product_attention(q, k + bias, v, mask),
-                               layers.dot_product_attention(q, k, v, mask), atol=1e-5)
 
 
 def _expected_params(vocab, d, ff, n_enc, n_dec):
@@ -282,6 +168,12 @@ def test_parameter_counts_of_base_and_big(variant, paper):
     assert abs(count - paper) / paper < (0.01 if variant == 'big' else 0.03)
 
 
-def test_unknown_variant_is_refused_with_the_valid_names():
-    with pytest.raises(ValueError, match="Unknown model variant 'huge'.*base"):
+def test_bad_model_fields_are_refused_naming_the_field_and_the_valid_values():
+    with pytest.raises(ValueError, match=r"model.variant='huge' is invalid: .*'base'"):
         ModelConfig.make('huge', 100)
+    with pytest.raises(ValueError, match=r"model.dtype='float8' is invalid: .*'bfloat16'"):
+        ModelConfig.make('tiny', 100, dtype='float8')
+    with pytest.raises(ValueError, match='model.dropout_rate=1.0 is invalid'):
+        ModelConfig.make('tiny', 100, dropout_rate=1.0)
+    with pytest.raises(ValueError, match="model.positional='rotary' is invalid"):
+        ModelConfig.make('tiny', 100, positional='rotary')

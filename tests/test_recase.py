@@ -1,6 +1,6 @@
-"""Lowercased training: the tokenizer folds case everywhere, the recaser restores it."""
+"""The recaser for lowercased training (transformer/recase.py)."""
 
-from transformer import data, recase
+from transformer import recase
 
 TARGETS = ['Ein Mann fährt Fahrrad.', 'Zwei Kinder sehen einen Mann mit einem Hund.',
            'Der Hund und der Mann spielen im Park.', 'Hund rennt.']
@@ -27,12 +27,3 @@ def test_recaser_leaves_text_without_letters_and_round_trips(tmp_path):
     loaded = recase.load_if_present(str(tmp_path))
     assert loaded.forms == recaser.forms and loaded.forms['fahrrad'] == 'Fahrrad'
     assert recase.load_if_present(str(tmp_path / 'cased_run')) is None
-
-
-def test_lowercase_tokenizer_folds_case_on_the_way_in():
-    texts = [t for t in TARGETS for _ in range(20)]
-    tokenizer = data.train_tokenizer(texts, 60, lowercase=True)
-    assert tokenizer.encode('EIN Mann') == tokenizer.encode('ein mann')
-    assert tokenizer.decode(tokenizer.encode('Der HUND')) == 'der hund'
-    cased = data.train_tokenizer(texts, 60)
-    assert cased.decode(cased.encode('Der Hund')) == 'Der Hund'

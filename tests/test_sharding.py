@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
-from test_end_to_end import data_dir, tiny  # noqa: F401  (data_dir is a fixture)
 
 from configs import default
-from conftest import ROOT, make_model
-from transformer import checkpoint, inference, metrics, sharding
+from conftest import ROOT, make_model, tiny
+from transformer import config_lib, sharding, writers
+from transformer.tokenizer import TOKENIZER_FILE, Tokenizer
+from transformer.translator import restore_run
 
 RULES = default.get_config().mesh.rules.to_dict()
 
@@ -104,7 +105,7 @@ def test_paper_configs_compile_for_an_8_device_mesh(tmp_path, variant):
     (['--config.train.batch_size=12'], 8, 'config.train.batch_size=12 rows cannot be split'),
     (['--config.mesh.rules.mlp=model'], 1, "config.mesh.rules.mlp='model'"),
 ])
-def test_bad_mesh_or_batch_is_named_before_any_work(tmp_path, data_dir, overrides,  # noqa: F811
+def test_bad_mesh_or_batch_is_named_before_any_work(tmp_path, data_dir, overrides,
                                                     devices, named):
     out = subprocess.run([sys.executable, 'train.py', *tiny(data_dir, tmp_path / 'w', *overrides)],
                          capture_output=True, text=True, timeout=300, cwd=ROOT,
@@ -122,13 +123,11 @@ def _free_port() -> int:
 
 def _restored_params(workdir):
     """(latest step, its parameters, the parameters at initialisation) of a run."""
-    config = inference.load_config(str(workdir))
-    _, _, _, state = inference.build_state(config, config.data.vocab_size)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
-    try:
-        return ckpt.latest_step(), ckpt.restore_params(state.params), state.params
-    finally:
-        ckpt.close()
+    config = config_lib.load_run_config(str(workdir))
+    tokenizer = Tokenizer.load(os.path.join(workdir, TOKENIZER_FILE))
+    _, params, steps = restore_run(config, str(workdir), tokenizer)
+    start = nnx.state(config_lib.make_model(config, tokenizer.vocab_size)(), nnx.Param)
+    return steps[-1], params, start
 
 
 def _relative_distance(params, reference, start) -> float:
@@ -140,10 +139,10 @@ def _relative_distance(params, reference, start) -> float:
 
 
 def _train_losses(workdir) -> list:
-    return [r['loss'] for r in metrics.read_metrics(str(workdir)) if r['split'] == 'train']
+    return [r['loss'] for r in writers.read_metrics(str(workdir)) if r['split'] == 'train']
 
 
-def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_dir):  # noqa: F811
+def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_dir):
     """2 processes x 4 devices (gloo) == 1 process x 8 devices, then restored on 1 device."""
     steps = ['--config.train.num_steps=5', '--config.data.input_shards=2',
              '--config.mesh.data=4', '--config.mesh.tensor=2']

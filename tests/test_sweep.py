@@ -6,10 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from test_end_to_end import data_dir  # noqa: F401  (a fixture)
 
 from conftest import ROOT
-from transformer import sweeps
+from transformer import hparam_search
 
 SWEEP_CONFIG = '''
 from configs import default
@@ -26,22 +25,22 @@ def get_sweep(arg=None):
 
 
 def test_grid_is_every_combination_and_random_search_is_seeded():
-    trials = sweeps.grid(**{'train.learning_rate': [1e-3, 2e-3], 'train.warmup_steps': [1, 2, 3]})
+    trials = hparam_search.grid(**{'train.learning_rate': [1e-3, 2e-3], 'train.warmup_steps': [1, 2, 3]})
     assert len(trials) == 6 and {'train.learning_rate': 2e-3, 'train.warmup_steps': 3} in trials
-    space = {'train.learning_rate': sweeps.LogUniform(1e-4, 1e-2),
-             'model.dropout_rate': sweeps.Uniform(0.0, 0.3),
-             'model.variant': sweeps.Choice(('tiny', 'mini'))}
-    first, again = sweeps.random_search(20, 0, **space), sweeps.random_search(20, 0, **space)
-    assert first == again != sweeps.random_search(20, 1, **space)
+    space = {'train.learning_rate': hparam_search.LogUniform(1e-4, 1e-2),
+             'model.dropout_rate': hparam_search.Uniform(0.0, 0.3),
+             'model.variant': hparam_search.Choice(('tiny', 'mini'))}
+    first, again = hparam_search.random_search(20, 0, **space), hparam_search.random_search(20, 0, **space)
+    assert first == again != hparam_search.random_search(20, 1, **space)
     assert all(1e-4 <= t['train.learning_rate'] <= 1e-2 and 0 <= t['model.dropout_rate'] <= 0.3
                for t in first)
     assert {t['model.variant'] for t in first} == {'tiny', 'mini'}
-    assert sweeps.trial_name(trials[0]) == 'learning_rate=0.001,warmup_steps=1'
-    assert sweeps.flags(trials[0]) == ['--config.train.learning_rate=0.001',
+    assert hparam_search.trial_name(trials[0]) == 'learning_rate=0.001,warmup_steps=1'
+    assert hparam_search.flags(trials[0]) == ['--config.train.learning_rate=0.001',
                                        '--config.train.warmup_steps=1']
 
 
-def sweep(tmp_path, data_dir, *extra):  # noqa: F811
+def sweep(tmp_path, data_dir, *extra):
     config = tmp_path / 'sweep_config.py'
     config.write_text(SWEEP_CONFIG)
     cmd = [sys.executable, 'sweep.py', '--config', str(config), '--workdir',
@@ -49,7 +48,7 @@ def sweep(tmp_path, data_dir, *extra):  # noqa: F811
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-def test_sweep_runs_records_a_failure_and_resumes(tmp_path, data_dir):  # noqa: F811
+def test_sweep_runs_records_a_failure_and_resumes(tmp_path, data_dir):
     out = sweep(tmp_path, data_dir, '--metric', 'validation_accuracy')
     assert out.returncode == 0, out.stderr[-3000:]
     with open(tmp_path / 'sweep' / 'results.csv') as f:
@@ -77,7 +76,7 @@ def test_sweep_runs_records_a_failure_and_resumes(tmp_path, data_dir):  # noqa: 
     assert 'Already trained to step 20' in (trial_dir / 'train.log').read_text()
 
 
-def test_dry_run_prints_one_command_per_trial(tmp_path, data_dir):  # noqa: F811
+def test_dry_run_prints_one_command_per_trial(tmp_path, data_dir):
     out = sweep(tmp_path, data_dir, '--dry_run')
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
@@ -88,7 +87,7 @@ def test_dry_run_prints_one_command_per_trial(tmp_path, data_dir):  # noqa: F811
     assert not (tmp_path / 'sweep').exists()  # nothing ran
 
 
-def test_optuna_study_records_its_trials(tmp_path, data_dir):  # noqa: F811
+def test_optuna_study_records_its_trials(tmp_path, data_dir):
     pytest.importorskip('optuna')
     out = sweep(tmp_path, data_dir, '--mode', 'optuna', '--n_trials', '2', '--noeval')
     assert out.returncode == 0, out.stderr[-3000:]

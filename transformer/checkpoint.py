@@ -3,15 +3,23 @@
 Each checkpoint is a step directory under ``workdir/checkpoints`` holding two items:
 ``state`` (the ``TrainState`` arrays, no pickle) and ``data`` (the grain iterator state as
 JSON). Orbax writes to a temporary directory and renames it when complete, so a crash in
-the middle of a write leaves the previous checkpoint as the latest one.
+the middle of a write leaves the previous checkpoint as the latest one. A checkpoint damaged
+afterwards (a truncated or deleted file) is skipped with a warning naming it, in favour of
+the newest one that reads.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import jax
 import orbax.checkpoint as ocp
+
+from transformer import sharding
+
+log = logging.getLogger('transformer')
 
 
 def _restore_args(abstract_tree, partial: bool = False) -> ocp.args.PyTreeRestore:
@@ -24,6 +32,10 @@ def _restore_args(abstract_tree, partial: bool = False) -> ocp.args.PyTreeRestor
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's parameters do not have the shapes the model expects."""
+
+
+class NoReadableCheckpointError(FileNotFoundError):
+    """Checkpoints exist, but none of them can be read."""
 
 
 def _name(path) -> str:
@@ -46,6 +58,7 @@ class Checkpointer:
         """``writer``: the training process, which alone removes half-written checkpoints
         (a reader such as eval.py must not touch a write in progress)."""
         self.directory = os.path.abspath(directory)
+        self.writer = writer
         self.manager = ocp.CheckpointManager(
             self.directory,
             # A write killed half-way leaves a temporary directory; it is never taken for a
@@ -67,32 +80,70 @@ class Checkpointer:
             state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state or {})),
             force=True)
 
-    def restore(self, abstract_state, step: int | None = None):
-        """Restores ``step`` (default: latest) into the structure of ``abstract_state``.
+    def restore(self, abstract_state):
+        """Restores the newest readable checkpoint into the structure of ``abstract_state``.
 
-        Returns (state, data_state).
+        Returns (state, data_state), or None if there is no checkpoint at all. Damaged
+        checkpoints are skipped (see ``_readable``); if none reads, raises
+        ``NoReadableCheckpointError``. The training process (``writer``) renames the damaged
+        ones newer than the one restored to ``<step>.unreadable``, so that training can write
+        those steps again and nothing is deleted.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f'No checkpoint in {self.directory}')
-        self.check_compatible(abstract_state, step)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=_restore_args(abstract_state), data=ocp.args.JsonRestore()))
-        return restored['state'], restored['data']
+        for step, restored in self._readable(lambda step: self.manager.restore(
+                step, args=ocp.args.Composite(state=_restore_args(abstract_state),
+                                              data=ocp.args.JsonRestore())),
+                abstract_state):
+            newer = [s for s in self.all_steps() if s > step]
+            if newer and self.writer:
+                for damaged in newer:
+                    path = os.path.join(self.directory, str(damaged))
+                    if jax.process_index() == 0:
+                        os.replace(path, path + '.unreadable')
+                    log.warning('Moved the unreadable checkpoint %s to %s.unreadable; training '
+                                'resumes from step %d.', path, path, step)
+                sharding.barrier('set aside unreadable checkpoints')
+                self.manager.reload()
+            return restored['state'], restored['data']
+        return None
 
-    def restore_params(self, abstract_params, step: int | None = None):
-        """Restores only the parameters of checkpoint ``step`` (for inference).
+    def readable_params(self, abstract_params) -> Iterator[tuple[int, object]]:
+        """(step, parameters) of each readable checkpoint, newest first (for inference).
 
         The optimizer state is neither read nor required to match, so a run can be
         evaluated with a config whose optimizer settings differ.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f'No checkpoint in {self.directory}')
-        self.check_compatible({'params': abstract_params}, step)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=_restore_args({'params': abstract_params}, partial=True)))
-        return restored['state']['params']
+        for step, restored in self._readable(lambda step: self.manager.restore(
+                step, args=ocp.args.Composite(
+                    state=_restore_args({'params': abstract_params}, partial=True))),
+                {'params': abstract_params}):
+            yield step, restored['state']['params']
+
+    def _readable(self, restore, abstract_tree) -> Iterator[tuple[int, dict]]:
+        """``(step, restore(step))`` for each checkpoint, newest first, skipping the damaged.
+
+        A checkpoint whose files cannot be read (truncated, deleted, not JSON) gets a
+        warning naming it; one that reads but does not fit the model raises
+        ``CheckpointMismatchError`` (a wrong config, not damage). If checkpoints exist and
+        none reads, raises ``NoReadableCheckpointError``.
+        """
+        steps, readable = self.all_steps(), 0
+        for step in reversed(steps):
+            try:
+                self.check_compatible(abstract_tree, step)
+                restored = restore(step)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure to read means damage
+                log.warning('Checkpoint %s is unreadable (%s: %s); skipping it.',
+                            os.path.join(self.directory, str(step)), type(e).__name__,
+                            str(e).splitlines()[0][:200] if str(e) else '')
+                continue
+            readable += 1
+            yield step, restored
+        if steps and not readable:
+            raise NoReadableCheckpointError(
+                f'None of the {len(steps)} checkpoints in {self.directory} (steps {steps}) can be '
+                'read; see the warnings above. Move the directory away to train from scratch.')
 
     def check_compatible(self, abstract_state, step: int) -> None:
         """Raises ``CheckpointMismatchError`` naming every parameter whose shape differs.

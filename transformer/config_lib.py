@@ -1,16 +1,23 @@
-"""Checks a config before anything is built or compiled, and turns it into library objects.
+"""Configs: checked once, before anything is built, and turned into library objects here.
 
 Unknown keys are refused by ml_collections itself (configs are locked ConfigDicts); wrong
 types by its type-safe assignment. ``validate`` catches the bad *values*, each with a
-message naming the key, the value and what would be valid.
+message naming the key, the value and what would be valid. The builders below are the one
+place a config becomes a model, an optimizer or a schedule.
 """
 
 from __future__ import annotations
 
-import ml_collections
+import json
+import os
+from collections.abc import Callable
 
+import ml_collections
+import optax
+from flax import nnx
+
+from transformer import datasets, optim, sharding
 from transformer import model as model_lib
-from transformer import sharding, tasks, train_lib
 
 
 class ConfigError(ValueError):
@@ -25,19 +32,12 @@ def _check(ok: bool, key: str, value, valid: str) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises ``ConfigError`` for the first bad value found."""
     m, d, t, e = config.model, config.data, config.train, config.eval
-    _check(m.variant in model_lib.SIZES, 'model.variant', m.variant,
-           f'expected one of {sorted(model_lib.SIZES)}')
-    for key in ('dtype', 'param_dtype'):
-        _check(m[key] in model_lib.DTYPES, f'model.{key}', m[key],
-               f'expected one of {sorted(model_lib.DTYPES)}')
-    _check(m.matmul_dtype in ('', *model_lib.DTYPES), 'model.matmul_dtype', m.matmul_dtype,
-           f"expected '' (= model.dtype) or one of {sorted(model_lib.DTYPES)}")
-    _check(m.positional in ('sinusoidal', 'learned'), 'model.positional', m.positional,
-           "expected 'sinusoidal' or 'learned'")
-    for key in ('dropout_rate', 'attention_dropout', 'token_dropout'):
-        _check(0.0 <= m[key] < 1.0, f'model.{key}', m[key], 'expected 0 <= rate < 1')
-    _check(d.dataset in tasks.DATASETS, 'data.dataset', d.dataset,
-           f'expected one of {sorted(tasks.DATASETS)}')
+    try:  # the model's own fields are checked where they are defined
+        model_config(config, vocab_size=max(d.vocab_size, 1))
+    except ValueError as error:
+        raise ConfigError(f'config.{error}') from None
+    _check(d.dataset in datasets.DATASETS, 'data.dataset', d.dataset,
+           f'expected one of {sorted(datasets.DATASETS)}')
     _check(d.vocab_size >= 16, 'data.vocab_size', d.vocab_size, 'expected at least 16')
     for key in ('max_source_length', 'max_target_length'):
         _check(d[key] >= 2, f'data.{key}', d[key], 'expected at least 2 (EOS/BOS included)')
@@ -47,6 +47,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m.positional == 'learned':
         _check(e.max_decode_len <= m.max_len, 'eval.max_decode_len', e.max_decode_len,
                f'learned positions cover only model.max_len={m.max_len}')
+    _check(d.subword_nbest >= 1, 'data.subword_nbest', d.subword_nbest,
+           'expected >= 1 (1 = always the best segmentation)')
+    _check(d.subword_alpha >= 0, 'data.subword_alpha', d.subword_alpha, 'expected >= 0')
+    _check(d.input_shards >= 0, 'data.input_shards', d.input_shards,
+           'expected >= 0 (0 = one shard per process)')
     _check(t.batch_size > 0, 'train.batch_size', t.batch_size, 'expected a positive integer')
     _check(t.grad_accum_steps >= 1, 'train.grad_accum_steps', t.grad_accum_steps,
            'expected a positive integer (1 = no accumulation)')
@@ -54,11 +59,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(t.learning_rate > 0, 'train.learning_rate', t.learning_rate, 'expected > 0')
     _check(0 <= t.warmup_steps <= t.num_steps, 'train.warmup_steps', t.warmup_steps,
            f'expected 0 <= warmup_steps <= train.num_steps={t.num_steps}')
-    _check(t.schedule in train_lib.SCHEDULES, 'train.schedule', t.schedule,
-           f'valid: {train_lib.SCHEDULES}')
+    _check(t.schedule in optim.SCHEDULES, 'train.schedule', t.schedule,
+           f'expected one of {sorted(optim.SCHEDULES)}')
     if t.schedule == 'linear':
         _check(t.warmup_steps < t.num_steps, 'train.warmup_steps', t.warmup_steps,
                f'linear decay needs warmup_steps < train.num_steps={t.num_steps}')
+    problem = optim.optimizer_problem(t.optimizer, t.optimizer_kwargs.to_dict())
+    _check(problem is None, 'train.optimizer', t.optimizer, problem or '')
     _check(0.0 <= t.label_smoothing < 1.0, 'train.label_smoothing', t.label_smoothing,
            'expected 0 <= smoothing < 1')
     _check(t.rdrop_alpha >= 0, 'train.rdrop_alpha', t.rdrop_alpha, 'expected >= 0 (0 = off)')
@@ -70,14 +77,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'expected >= 0 (0 disables clipping)')
     for key in ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every'):
         _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
-    _check(config.data.subword_nbest >= 1, 'data.subword_nbest', config.data.subword_nbest,
-           'expected >= 1 (1 = always the best segmentation)')
-    _check(not (d.bidirectional and d.subword_nbest > 1), 'data.bidirectional', d.bidirectional,
-           'bidirectional training tokenizes once; it needs data.subword_nbest=1')
-    _check(config.data.subword_alpha >= 0, 'data.subword_alpha', config.data.subword_alpha,
-           'expected >= 0')
-    _check(config.data.input_shards >= 0, 'data.input_shards', config.data.input_shards,
-           'expected >= 0 (0 = one shard per process)')
     for name, axis in config.mesh.rules.items():
         _check(axis in ('', *sharding.MESH_AXES), f'mesh.rules.{name}', axis,
                f"valid: {', '.join(map(repr, sharding.MESH_AXES))} or '' (replicated)")
@@ -96,8 +95,44 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
     m = config.model
     return model_lib.ModelConfig.make(
         m.variant, vocab_size, dropout_rate=m.dropout_rate,
-        attention_dropout=m.attention_dropout,
-        token_dropout=m.get('token_dropout', 0.0),  # absent from older runs' config.json
+        attention_dropout=m.attention_dropout, token_dropout=m.token_dropout,
         max_len=m.max_len, positional=m.positional, pre_ln=m.pre_ln,
         share_embeddings=m.share_embeddings, dtype=m.dtype,
         param_dtype=m.param_dtype, matmul_dtype=m.matmul_dtype or None)
+
+
+def make_model(config: ml_collections.ConfigDict,
+               vocab_size: int) -> Callable[[], model_lib.EncoderDecoder]:
+    """A function that builds ``config``'s model, initialised from ``config.seed``.
+
+    A function rather than a model, so that callers build it where they need it: under
+    ``nnx.eval_shape`` for shapes alone, or inside a jitted, sharded initialization.
+    """
+    cfg, seed = model_config(config, vocab_size), config.seed
+    return lambda: model_lib.EncoderDecoder(cfg, rngs=nnx.Rngs(seed))
+
+
+def make_schedule(config: ml_collections.ConfigDict) -> optim.Schedule:
+    """The learning-rate schedule of ``config.train`` (optax update count -> rate)."""
+    t = config.train
+    return optim.SCHEDULES[t.schedule](t.learning_rate, t.warmup_steps, t.num_steps)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The optimizer of ``config.train``: ``optax.<optimizer>`` with its kwargs and schedule."""
+    t = config.train
+    return optim.make_optimizer(make_schedule(config), t.optimizer, t.optimizer_kwargs.to_dict(),
+                                grad_clip_norm=t.grad_clip_norm or None)
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a run wrote into its workdir (``config.json``)."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f'No such workdir: {workdir}; train first: '
+                                f'python train.py --config CONFIG --workdir {workdir}')
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.exists(path):
+        raise FileNotFoundError(f'{workdir} is not a training workdir (no config.json); train '
+                                f'first: python train.py --config CONFIG --workdir {workdir}')
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))

@@ -27,7 +27,8 @@ def keep_freed_memory() -> bool:
     """Large blocks from the heap (no mmap), one arena, no trimming; True if applied.
 
     Must run before other threads allocate (before JAX starts its thread pools), which is why
-    ``transformer/__init__.py`` calls it.
+    the entry points call it before their other imports. A notebook may call it first too;
+    importing the library changes nothing.
     """
     if os.environ.get(OPT_OUT, '') not in ('', '0'):
         return False

@@ -21,21 +21,25 @@ import numpy as np
 from flax import nnx
 
 from transformer import layers
+from transformer.tokenizer import PAD_ID
 
 Array = jax.Array
-PAD_ID = 0
 
 # One table of sizes; adding a size is one line. (d_model, d_ff, heads, encoder, decoder layers)
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
     'tiny': (32, 64, 4, 2, 2),       # unit tests
     'mini': (128, 512, 4, 2, 2),     # the embedded default task on a laptop CPU
-    'compact': (128, 256, 4, 4, 4),  # the published Multi30k tiny shape (learns slowly on a CPU)
     'small': (256, 1024, 4, 3, 3),   # Multi30k-sized data on a CPU
     'base': (512, 2048, 8, 6, 6),    # the paper's base model (65M parameters)
     'big': (1024, 4096, 16, 6, 6),   # the paper's big model (213M parameters)
 }
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+POSITIONAL = ('sinusoidal', 'learned')
+
+
+def _invalid(field: str, value, valid: str) -> ValueError:
+    return ValueError(f'model.{field}={value!r} is invalid: {valid}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,17 +69,25 @@ class ModelConfig:
 
     @classmethod
     def make(cls, variant: str, vocab_size: int, **kwargs) -> ModelConfig:
-        """Looks ``variant`` up in ``SIZES``; ``kwargs`` set the remaining fields."""
+        """Looks ``variant`` up in ``SIZES``; ``kwargs`` set the remaining fields (dtypes may
+        be given by name). A value that cannot work raises ``ValueError`` naming the field."""
         if variant not in SIZES:
-            raise ValueError(f'Unknown model variant {variant!r}; valid: {sorted(SIZES)}')
+            raise _invalid('variant', variant, f'expected one of {sorted(SIZES)}')
         d_model, d_ff, heads, enc, dec = SIZES[variant]
         for key in ('dtype', 'param_dtype', 'matmul_dtype'):
             if isinstance(kwargs.get(key), str):
                 if kwargs[key] not in DTYPES:
-                    raise ValueError(f'Unknown {key} {kwargs[key]!r}; valid: {sorted(DTYPES)}')
+                    raise _invalid(key, kwargs[key], f'expected one of {sorted(DTYPES)}')
                 kwargs[key] = DTYPES[kwargs[key]]
         return cls(vocab_size=vocab_size, d_model=d_model, d_ff=d_ff, num_heads=heads,
                    num_encoder_layers=enc, num_decoder_layers=dec, **kwargs)
+
+    def __post_init__(self):
+        if self.positional not in POSITIONAL:
+            raise _invalid('positional', self.positional, f'expected one of {POSITIONAL}')
+        for key in ('dropout_rate', 'attention_dropout', 'token_dropout'):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise _invalid(key, getattr(self, key), 'expected 0 <= rate < 1')
 
     def block(self) -> layers.BlockConfig:
         return layers.BlockConfig(self.d_model, self.d_ff, self.num_heads, self.dropout_rate,
@@ -112,6 +124,19 @@ def causal_mask(length: int) -> Array:
     return jnp.tril(jnp.ones((length, length), bool))[None, None]
 
 
+def normal_init(stddev: float):
+    """An initializer drawing from N(0, stddev^2), with the same values jitted or not.
+
+    Under jit XLA folds the sampler's own constant factor and ``stddev`` into one, which
+    rounds differently from multiplying by each in turn; the barrier keeps the products
+    apart, so the jitted initialization (``steps.init_state``) equals building the model
+    eagerly, bit for bit.
+    """
+    def init(key, shape, dtype=jnp.float32):
+        return jax.lax.optimization_barrier(jax.random.normal(key, shape, dtype)) * stddev
+    return init
+
+
 def _defaults(tokens: Array, segments: Array | None, positions: Array | None):
     if segments is None:
         segments = (tokens != PAD_ID).astype(jnp.int32)
@@ -126,14 +151,12 @@ class Embedder(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         # std d_model^-0.5 times the sqrt(d_model) scale gives unit-variance inputs; the
         # same matrix, transposed, then produces unit-variance logits when it is shared.
-        init = nnx.initializers.normal(stddev=cfg.d_model ** -0.5)
+        init = normal_init(cfg.d_model ** -0.5)
         self.table = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model), cfg.param_dtype),
                                logical_axes=('vocab', 'embed'))
-        if cfg.positional not in ('sinusoidal', 'learned'):
-            raise ValueError(f"positional={cfg.positional!r}; valid: 'sinusoidal', 'learned'")
         self.positions = None if cfg.positional == 'sinusoidal' else nnx.Param(
-            nnx.initializers.normal(stddev=0.02)(rngs.params(), (cfg.max_len, cfg.d_model),
-                                                 cfg.param_dtype), logical_axes=('length', 'embed'))
+            normal_init(0.02)(rngs.params(), (cfg.max_len, cfg.d_model), cfg.param_dtype),
+            logical_axes=('length', 'embed'))
         self.d_model = cfg.d_model
         self.token_dropout = cfg.token_dropout
         self.dtype = cfg.dtype
@@ -191,8 +214,8 @@ class EncoderDecoder(nnx.Module):
                rng: Array | None) -> Array:
         """Embedding, word dropout and dropout: tokens, positions [b, l] -> [b, l, d].
 
-        With word dropout off, ``rng`` alone keys the dropout, so the masks stay those drawn
-        before word dropout existed.
+        With word dropout off, ``rng`` alone keys the dropout; with it on, a key split from
+        ``rng`` draws which words are dropped.
         """
         word_rng = None
         if rng is not None and self.cfg.token_dropout > 0:

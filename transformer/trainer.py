@@ -7,6 +7,7 @@ the latest checkpoint if there is one, then step, log, evaluate and checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -19,30 +20,41 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 from tqdm import tqdm
 
-from transformer import checkpoint, config_lib, data, inference, metrics, recase, sharding, tasks, train_lib
-from transformer.model import EncoderDecoder, count_params
+from transformer import (
+    checkpoint,
+    config_lib,
+    datasets,
+    input_pipeline,
+    losses,
+    recase,
+    sharding,
+    steps,
+    writers,
+)
+from transformer.tokenizer import TOKENIZER_FILE, Tokenizer, get_tokenizer
 
 log = logging.getLogger('transformer')
 
 
 @dataclasses.dataclass
 class Run:
-    """What training and evaluation both build from a config and a workdir."""
+    """What the loop builds from a config and a workdir before its first step."""
     config: ml_collections.ConfigDict
     workdir: str
-    splits: dict               # split name -> list of (source, target) strings
-    tokenizer: data.Tokenizer
-    lengths: data.Lengths
-    model: EncoderDecoder      # freshly initialised; the trained values live in `state`
-    optimizer: object
-    graphdef: object
-    state: train_lib.TrainState  # placed on the mesh
+    splits: dict                 # 'train' and 'validation' -> list of (source, target) strings
+    tokenizer: Tokenizer
+    lengths: input_pipeline.Lengths
+    num_params: int
+    optimizer: optax.GradientTransformation
+    graphdef: nnx.GraphDef
+    state: steps.TrainState      # at step 0, already split over the mesh
     checkpointer: checkpoint.Checkpointer
     mesh: jax.sharding.Mesh
-    state_sharding: object       # the NamedSharding of every leaf of `state`
+    state_sharding: steps.TrainState  # the NamedSharding of every leaf of `state`
 
 
 def is_chief() -> bool:
@@ -64,30 +76,32 @@ def git_hash() -> str:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Validates the config, loads the data and tokenizer, builds model and optimizer."""
+    """Validates the config, loads the data and tokenizer, builds the sharded train state."""
     config_lib.validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     d, t = config.data, config.train
     mesh = sharding.make_mesh(config.mesh)  # a bad mesh or batch fails here, before any work
     sharding.check_batch(mesh, t.batch_size)
-    splits = tasks.load_splits(d.dataset, d.data_dir, manual_dir=d.manual_dir,
-                               **d.builder_kwargs)
+    splits = datasets.load_splits(d.dataset, d.data_dir, ('train', 'validation'),
+                                  manual_dir=d.manual_dir, **d.builder_kwargs)
     if is_chief():
-        tokenizer = data.get_tokenizer(workdir, splits['train'], d.vocab_size,
-                                       lowercase=d.lowercase, bidirectional=d.bidirectional)
+        tokenizer = get_tokenizer(workdir, splits['train'], d.vocab_size, lowercase=d.lowercase)
         if d.lowercase:  # eval.py and translate.py restore case to the lowercase output
             recase.get_recaser(workdir, (target for _, target in splits['train']))
     sharding.barrier('tokenizer')  # the others load what process 0 trained
     if not is_chief():
-        tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
-    lengths = data.Lengths(d.max_source_length, d.max_target_length)
-    model, optimizer, graphdef, state = inference.build_state(config, tokenizer.vocab_size)
-    state_sharding = sharding.state_shardings(state, mesh, config.mesh.rules.to_dict())
-    state = sharding.place(state, state_sharding)
+        tokenizer = Tokenizer.load(os.path.join(workdir, TOKENIZER_FILE))
+    lengths = input_pipeline.Lengths(d.max_source_length, d.max_target_length)
+    make_model = config_lib.make_model(config, tokenizer.vocab_size)
+    optimizer = config_lib.make_optimizer(config)
+    graphdef, abstract = steps.abstract_state(make_model, optimizer)
+    state_sharding = sharding.state_shardings(abstract, mesh, config.mesh.rules.to_dict())
+    state = steps.init_state(make_model, optimizer, state_sharding)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints,
                                    writer=True)
-    return Run(config, workdir, splits, tokenizer, lengths, model, optimizer, graphdef, state,
-               ckpt, mesh, state_sharding)
+    return Run(config, workdir, splits, tokenizer, lengths, num_params, optimizer, graphdef,
+               state, ckpt, mesh, state_sharding)
 
 
 def write_run_info(run: Run) -> None:
@@ -96,7 +110,7 @@ def write_run_info(run: Run) -> None:
         f.write(run.config.to_json_best_effort(indent=2))
     info = {'git': git_hash(), 'jax': jax.__version__, 'devices': [str(x) for x in jax.devices()],
             'processes': jax.process_count(), 'mesh': dict(run.mesh.shape),
-            'vocab_size': run.tokenizer.vocab_size, 'parameters': count_params(run.model)}
+            'vocab_size': run.tokenizer.vocab_size, 'parameters': run.num_params}
     with open(os.path.join(run.workdir, 'run_info.json'), 'w') as f:
         json.dump(info, f, indent=2)
 
@@ -109,12 +123,7 @@ def evaluate_loss(eval_step, params, batches, batch_sharding) -> dict[str, float
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     if sums is None:
         raise ValueError('The validation split is empty: nothing to evaluate.')
-    return train_lib.summarize(sums)
-
-
-def _take(iterator, n):
-    for _, item in zip(range(n), iterator):
-        yield item
+    return losses.summarize(sums)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -126,8 +135,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run = setup(config, workdir)
     t = config.train
     log.info('Model %s: %s parameters; vocabulary %d', config.model.variant,
-             f'{count_params(run.model):,}', run.tokenizer.vocab_size)
-    dropped = data.count_too_long(run.splits['train'], run.tokenizer, run.lengths)
+             f'{run.num_params:,}', run.tokenizer.vocab_size)
+    dropped = input_pipeline.count_too_long(run.splits['train'], run.tokenizer, run.lengths)
     log.info('Training pairs longer than %s are skipped: %d of %d', run.lengths, dropped,
              len(run.splits['train']))
     if dropped == len(run.splits['train']):
@@ -141,9 +150,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # 2. Resume from the latest checkpoint, data position included.
     state = run.state
-    if run.checkpointer.latest_step() is not None:
-        state, data_state = run.checkpointer.restore(state)
-        train_iter.set_state(data_state)  # (the restored arrays keep the mesh's shardings)
+    restored = run.checkpointer.restore(state)  # the newest readable checkpoint, if any
+    if restored is not None:
+        state, data_state = restored  # (the restored arrays keep the mesh's shardings)
+        train_iter.set_state(data_state)
         log.info('Resumed from step %d in %s', int(state.step), run.checkpointer.directory)
     if is_chief():
         write_run_info(run)  # only now: a refused resume leaves the run's record as it was
@@ -153,21 +163,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  '--config.train.num_steps to train further.', start, t.num_steps)
 
     # 3. Compile the steps.
-    train_step = train_lib.make_train_step(run.graphdef, run.optimizer,
+    train_step = steps.make_train_step(run.graphdef, run.optimizer,
                                            label_smoothing=t.label_smoothing,
                                            dropout_seed=config.seed + 1,
                                            grad_accum_steps=t.grad_accum_steps,
                                            rdrop_alpha=t.rdrop_alpha,
                                            state_sharding=run.state_sharding,
                                            batch_sharding=batch_sharding)
-    eval_step = train_lib.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing,
+    eval_step = steps.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing,
                                          params_sharding=run.state_sharding.params,
                                          batch_sharding=batch_sharding)
     # Validation rows: rounded up to split evenly over the mesh (padding rows weigh nothing).
     rows = sharding.batch_rows_multiple(run.mesh)
     eval_rows = -(-config.eval.batch_size // rows) * rows
-    schedule = inference.make_schedule(config)
-    writer = metrics.MetricWriter(run.workdir, enabled=is_chief())
+    schedule = config_lib.make_schedule(config)
+    writer = writers.MetricWriter(run.workdir, enabled=is_chief())
 
     # 4. The loop: step; every log_every steps log, every eval_every evaluate, every
     #    checkpoint_every save. Metric sums stay on device between logs (no per-step sync or
@@ -191,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if step % t.log_every == 0 or last or save:
                     _check_finite(pending, run.checkpointer)
                 if step % t.log_every == 0 or last:
-                    summary = train_lib.summarize(_total(pending))
+                    summary = losses.summarize(_total(pending))
                     summary.update(tokens_per_sec=tokens / (time.perf_counter() - tick),
                                    learning_rate=float(schedule(step - 1)))
                     writer.write(step, 'train', summary)
@@ -201,9 +211,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     pending, tokens, tick = [], 0, time.perf_counter()
 
                 if step % t.eval_every == 0 or last:
-                    batches = _take(data.eval_batches(run.splits['validation'], run.tokenizer,
-                                                      run.lengths, eval_rows),
-                                    t.eval_batches)
+                    batches = itertools.islice(input_pipeline.eval_batches(
+                        run.splits['validation'], run.tokenizer, run.lengths, eval_rows),
+                        t.eval_batches)
                     val_metrics = evaluate_loss(eval_step, state.params, batches, batch_sharding)
                     writer.write(step, 'validation', val_metrics)
                     progress.write(f'step {step}: validation loss {val_metrics["loss"]:.4f}, '
@@ -232,16 +242,13 @@ def compile_train_step(config: ml_collections.ConfigDict):
     mesh = sharding.make_mesh(config.mesh)
     t, d = config.train, config.data
     sharding.check_batch(mesh, t.batch_size)
-    optimizer = inference.make_optimizer(config)
-    model_cfg = config_lib.model_config(config, d.vocab_size)
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: EncoderDecoder(model_cfg, rngs=nnx.Rngs(0))),
-                                 nnx.Param)
-    state = train_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                                 opt_state=jax.eval_shape(optimizer.init, params))
-    state_sharding = sharding.state_shardings(state, mesh, config.mesh.rules.to_dict())
+    optimizer = config_lib.make_optimizer(config)
+    graphdef, abstract = steps.abstract_state(config_lib.make_model(config, d.vocab_size),
+                                              optimizer)
+    state_sharding = sharding.state_shardings(abstract, mesh, config.mesh.rules.to_dict())
     batch_sharding = sharding.batch_sharding(mesh)
-    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                  state, state_sharding)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract, state_sharding)
     rows = t.batch_size * t.grad_accum_steps
     fields = {'inputs': d.max_source_length, 'targets': d.max_target_length,
               'decoder_inputs': d.max_target_length}
@@ -250,16 +257,16 @@ def compile_train_step(config: ml_collections.ConfigDict):
             fields.update({f'{side}_segment_ids': fields[key], f'{side}_positions': fields[key]})
     batch = {k: jax.ShapeDtypeStruct((rows, n), jnp.int32, sharding=batch_sharding)
              for k, n in fields.items()}
-    step = train_lib.make_train_step(graphdef, optimizer, label_smoothing=t.label_smoothing,
-                                     dropout_seed=0, grad_accum_steps=t.grad_accum_steps,
-                                     rdrop_alpha=t.rdrop_alpha, state_sharding=state_sharding,
-                                     batch_sharding=batch_sharding)
+    step = steps.make_train_step(graphdef, optimizer, label_smoothing=t.label_smoothing,
+                                 dropout_seed=0, grad_accum_steps=t.grad_accum_steps,
+                                 rdrop_alpha=t.rdrop_alpha, state_sharding=state_sharding,
+                                 batch_sharding=batch_sharding)
     with jax.set_mesh(mesh):
-        return step.jitted.lower(abstract_state, batch).compile()
+        return step.jitted.lower(abstract, batch).compile()
 
 
-def _train_batches(run: Run) -> data.ShardedBatches:
-    """This process's rows of each training batch (see ``data.ShardedBatches``)."""
+def _train_batches(run: Run) -> input_pipeline.ShardedBatches:
+    """This process's rows of each training batch (see ``input_pipeline.ShardedBatches``)."""
     config, t = run.config, run.config.train
     num_shards = config.data.input_shards or jax.process_count()
     rows = t.batch_size * t.grad_accum_steps
@@ -268,16 +275,15 @@ def _train_batches(run: Run) -> data.ShardedBatches:
             f'config.data.input_shards={num_shards}: it must divide the {rows} rows of a batch '
             f'(train.batch_size x grad_accum_steps) and be a multiple of the '
             f'{jax.process_count()} processes; 0 = one shard per process.')
-    return data.ShardedBatches(run.splits['train'], run.tokenizer, run.lengths,
+    return input_pipeline.ShardedBatches(run.splits['train'], run.tokenizer, run.lengths,
                                rows // num_shards, config.seed, pack=config.data.pack,
                                num_shards=num_shards, process_index=jax.process_index(),
                                process_count=jax.process_count(),
                                subword_nbest=config.data.subword_nbest,
-                               subword_alpha=config.data.subword_alpha,
-                               bidirectional=config.data.bidirectional)
+                               subword_alpha=config.data.subword_alpha)
 
 
-def _gather_data_state(train_iter: data.ShardedBatches) -> dict:
+def _gather_data_state(train_iter: input_pipeline.ShardedBatches) -> dict:
     """Every process's input-shard states in one dict (process 0 writes it)."""
     shards = {}
     for state in sharding.allgather_json(train_iter.get_state()):

@@ -1,7 +1,8 @@
 """Run in a subprocess with 8 CPU devices: one sharded train step vs the one-device step.
 
-Prints one JSON line per mesh: the largest differences of loss and parameters, and the
-parameters whose sharding is not what the rules say.
+The sharded state is created already split over the mesh (``steps.init_state`` with
+shardings), as training creates it. Prints one JSON line per mesh: the largest differences
+of loss and parameters, and the parameters whose sharding is not what the rules say.
 """
 
 import json
@@ -17,7 +18,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import default  # noqa: E402
-from transformer import sharding, train_lib  # noqa: E402
+from transformer import optim, sharding, steps  # noqa: E402
 from transformer.model import EncoderDecoder, ModelConfig  # noqa: E402
 
 jax.config.update('jax_platforms', 'cpu')
@@ -59,32 +60,39 @@ def misplaced(tree, mesh) -> list[str]:
     return wrong
 
 
-def steps(optimizer, state, graphdef, mesh=None):
-    """One train step (dropout on, 2 accumulated micro-batches), on ``mesh`` or one device."""
+def one_step(optimizer, graphdef, mesh=None):
+    """One train step from the initial state (dropout on, 2 accumulated micro-batches), on
+    ``mesh`` or on one device."""
     kw = dict(label_smoothing=0.1, dropout_seed=1, grad_accum_steps=2)
     batch = packed_batch(np.random.default_rng(0))
-    state = jax.tree.map(np.array, state)  # a fresh copy: the step donates its input
     if mesh is None:
-        return train_lib.make_train_step(graphdef, optimizer, **kw)(state, batch)
-    shardings = sharding.state_shardings(state, mesh, RULES)
+        return steps.make_train_step(graphdef, optimizer, **kw)(
+            steps.init_state(make_model, optimizer), batch)
+    _, abstract = steps.abstract_state(make_model, optimizer)
+    shardings = sharding.state_shardings(abstract, mesh, RULES)
     batch_sharding = sharding.batch_sharding(mesh)
-    step = train_lib.make_train_step(graphdef, optimizer, state_sharding=shardings,
-                                     batch_sharding=batch_sharding, **kw)
-    return step(sharding.place(state, shardings), sharding.global_batch(batch, batch_sharding))
+    step = steps.make_train_step(graphdef, optimizer, state_sharding=shardings,
+                                 batch_sharding=batch_sharding, **kw)
+    state = steps.init_state(make_model, optimizer, shardings)
+    wrong = misplaced(state.params, mesh)
+    assert not wrong, f'parameters not born where the rules put them: {wrong}'
+    return step(state, sharding.global_batch(batch, batch_sharding))
+
+
+def make_model():
+    return EncoderDecoder(ModelConfig.make('tiny', VOCAB, dropout_rate=0.1), rngs=nnx.Rngs(0))
 
 
 def main():
-    model = EncoderDecoder(ModelConfig.make('tiny', VOCAB, dropout_rate=0.1), rngs=nnx.Rngs(0))
-    adam = train_lib.make_optimizer(1e-3, 2)
+    adam = optim.make_optimizer(optim.rsqrt_schedule(1e-3, 2, 0))
     sgd = optax.sgd(0.5)
-    graphdef, adam_state = train_lib.init_state(model, adam)
-    _, sgd_state = train_lib.init_state(model, sgd)
-    ref_adam, ref_sums = steps(adam, adam_state, graphdef)
-    ref_sgd, _ = steps(sgd, sgd_state, graphdef)
+    graphdef, _ = steps.abstract_state(make_model, adam)
+    ref_adam, ref_sums = one_step(adam, graphdef)
+    ref_sgd, _ = one_step(sgd, graphdef)
     for shape in MESHES:
         mesh = sharding.make_mesh(shape)
-        new_adam, sums = steps(adam, adam_state, graphdef, mesh)
-        new_sgd, _ = steps(sgd, sgd_state, graphdef, mesh)
+        new_adam, sums = one_step(adam, graphdef, mesh)
+        new_sgd, _ = one_step(sgd, graphdef, mesh)
         print(json.dumps({
             'mesh': shape,
             'loss': float(sums['loss']), 'ref_loss': float(ref_sums['loss']),

@@ -11,12 +11,18 @@ small enough to learn on a laptop CPU in minutes, and hard in the ways translati
   "7:45 pm" -> "19:45 Uhr".
 
 ``generate_pairs(seed, n)`` returns n distinct (english, german) pairs; ``make_splits``
-cuts one stream into disjoint train / validation / test sets.
+cuts one stream into disjoint train / validation / test sets; ``NumbersDe`` writes them as
+a TFDS dataset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+
+import tensorflow_datasets as tfds
+
+from transformer.datasets.prepare import prepared
 
 ONES_EN = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine',
            'ten', 'eleven', 'twelve', 'thirteen', 'fourteen', 'fifteen', 'sixteen',
@@ -219,3 +225,51 @@ def make_splits(seed: int, sizes: dict[str, int]) -> dict[str, list[tuple[str, s
         splits[name] = pairs[start:start + size]
         start += size
     return splits
+
+
+@dataclasses.dataclass
+class NumbersDeConfig(tfds.core.BuilderConfig):
+    """Split sizes and the generator seed of the embedded numbers task."""
+    seed: int = 0
+    train_size: int = 60_000
+    validation_size: int = 1_000
+    test_size: int = 1_000
+
+
+class NumbersDe(tfds.core.GeneratorBasedBuilder):
+    """English number, date and time expressions -> German, as {'source', 'target'}."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {'1.0.0': 'Numbers, counted nouns, dates and clock times.'}
+    BUILDER_CONFIGS = [NumbersDeConfig(name='default', description='60k/1k/1k pairs, seed 0.')]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({'source': tfds.features.Text(),
+                                                 'target': tfds.features.Text()}),
+            supervised_keys=('source', 'target'),
+            description=__doc__)
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # generated locally, nothing to download
+        cfg = self.builder_config
+        splits = make_splits(cfg.seed, {
+            'train': cfg.train_size, 'validation': cfg.validation_size, 'test': cfg.test_size})
+        return {name: self._generate_examples(pairs) for name, pairs in splits.items()}
+
+    def _generate_examples(self, pairs):
+        for i, (source, target) in enumerate(pairs):
+            yield i, {'source': source, 'target': target}
+
+
+def sources(data_dir: str | None, *, seed: int = 0, train_size: int = 60_000,
+            validation_size: int = 1_000, test_size: int = 1_000, **unused):
+    """Builds the numbers task on first use; returns ({split: data source}, feature names)."""
+    del unused
+    name = f'seed{seed}_train{train_size}_val{validation_size}_test{test_size}'
+    config = NumbersDeConfig(name=name, seed=seed, train_size=train_size,
+                             validation_size=validation_size, test_size=test_size)
+    builder = prepared(lambda: NumbersDe(config=config, data_dir=data_dir,
+                                         file_format='array_record'),
+                       lambda b: b.download_and_prepare())
+    return builder.as_data_source(), ('source', 'target')

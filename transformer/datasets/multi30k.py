@@ -20,6 +20,8 @@ import urllib.request
 
 import tensorflow_datasets as tfds
 
+from transformer.datasets.prepare import DataNotFoundError, prepared
+
 log = logging.getLogger('transformer')
 
 SOURCE_URL = ('https://raw.githubusercontent.com/multi30k/dataset/'
@@ -35,10 +37,6 @@ FILES = {
 }
 SPLITS = {'train': 'train', 'validation': 'val', 'test2016': 'test_2016_flickr'}
 DOWNLOAD_TIMEOUT_S = 20
-
-
-class DataNotFoundError(FileNotFoundError):
-    """Neither a local copy nor the download worked; the message says how to fix it."""
 
 
 def sha256(path: str) -> str:
@@ -161,9 +159,11 @@ def sources(data_dir: str | None, *, manual_dir: str = '', reverse: bool = False
     German to English by default; ``reverse=True`` for English to German.
     """
     del unused
-    builder = Multi30k(data_dir=data_dir, file_format='array_record')
-    if not builder.is_prepared():
+
+    def prepare(builder):
         folder = fetch(manual_dir, os.path.join(builder.data_dir_root, 'downloads', 'multi30k'))
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=folder))
+
+    builder = prepared(lambda: Multi30k(data_dir=data_dir, file_format='array_record'), prepare)
     return builder.as_data_source(), (('en', 'de') if reverse else ('de', 'en'))

@@ -17,12 +17,12 @@ import re
 
 import numpy as np
 
-from transformer import metrics
+from transformer import writers
 
 Trial = dict[str, object]   # config path -> value
 
 # metric name -> whether larger is better (validation_*: metrics.jsonl; the others:
-# eval_validation.json, see read_metrics)
+# eval_validation.json, see trial_metrics)
 METRICS = {
     'validation_loss': False,
     'validation_accuracy': True,
@@ -103,10 +103,10 @@ def flags(trial: Trial) -> list[str]:
 
 
 def _validation_records(trial_dir: str) -> list[dict]:
-    return [r for r in metrics.read_metrics(trial_dir) if r.get('split') == 'validation']
+    return [r for r in writers.read_metrics(trial_dir) if r.get('split') == 'validation']
 
 
-def read_metrics(trial_dir: str) -> dict[str, float]:
+def trial_metrics(trial_dir: str) -> dict[str, float]:
     """What a finished trial got: its last validation record and its validation scores."""
     out: dict[str, float] = {}
     records = _validation_records(trial_dir)

@@ -1,4 +1,4 @@
-"""Tokenizer and input pipelines: TFDS data sources -> grain -> fixed-shape numpy batches.
+"""Input pipelines: (source, target) strings -> grain -> fixed-shape numpy batches.
 
 A batch is a dict of int32 arrays:
   inputs          [b, s]  source ids followed by EOS, 0-padded;
@@ -14,155 +14,13 @@ Fixed shapes mean the train step compiles once.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import io
 import itertools
-import logging
-import os
-import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import grain
 import numpy as np
-import sentencepiece as spm
 
-log = logging.getLogger('transformer')
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-# The decoder's first input for the reverse direction (target -> source) in bidirectional
-# training; a piece of its own in tokenizers trained for it. BOS_ID keeps meaning "translate
-# source -> target", so decoding never needs to know that a model was trained both ways.
-REVERSE_BOS = '<2src>'
-TOKENIZER_FILE = 'tokenizer.model'
-
-
-Pair = tuple[str, str]  # (source sentence, target sentence)
-
-
-class Tokenizer:
-    """A SentencePiece model with pad 0, unk 1, bos 2, eos 3."""
-
-    def __init__(self, model_proto: bytes):
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        if (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()) != (
-                PAD_ID, UNK_ID, BOS_ID, EOS_ID):
-            raise ValueError('Tokenizer must use pad=0, unk=1, bos=2, eos=3.')
-        self.model_proto = model_proto
-        # Memoized per word (bounded: a WMT-sized corpus has millions of distinct words).
-        self._word_segmentations = functools.lru_cache(maxsize=1 << 18)(self._segment_word)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
-
-    @property
-    def reverse_bos_id(self) -> int | None:
-        """The id of ``REVERSE_BOS``, or None for a tokenizer trained without it."""
-        i = self.sp.piece_to_id(REVERSE_BOS)
-        return None if i == UNK_ID else i
-
-    def encode(self, text: str) -> list[int]:
-        return self.sp.encode(text.strip())
-
-    def encode_all(self, texts: list[str]) -> list[list[int]]:
-        """``[encode(t) for t in texts]``, on every core (SentencePiece's own threads)."""
-        return self.sp.encode([t.strip() for t in texts], num_threads=os.cpu_count() or 1)
-
-    def sample_encode(self, text: str, nbest: int, alpha: float,
-                      rng: np.random.Generator) -> list[int]:
-        """A segmentation of ``text`` drawn at random: subword regularization (Kudo, 2018).
-
-        Pieces never cross spaces (SentencePiece splits on whitespace), so a sentence's
-        segmentation is its words' side by side and its probability is their product. Each
-        word's is drawn independently from its ``nbest`` most likely ones, with probability
-        proportional to P(segmentation)^alpha: alpha = 0 draws uniformly, a large alpha keeps
-        the best. The draw comes from ``rng`` (not SentencePiece's own generator), so the same
-        rng state gives the same pieces and a resumed run replays them.
-        """
-        ids = []
-        for word in text.split():
-            candidates, cumulative = self._word_segmentations(word, nbest, alpha)
-            pick = np.searchsorted(cumulative, rng.random() * cumulative[-1], side='right')
-            ids.extend(candidates[min(int(pick), len(candidates) - 1)])
-        return ids
-
-    def _segment_word(self, word: str, nbest: int, alpha: float):
-        """(the ``nbest`` best segmentations of ``word``, their cumulative weights)."""
-        nbests = self.sp.nbest_encode_as_proto(word, nbest_size=nbest).nbests
-        candidates = [[piece.id for piece in n.pieces] for n in nbests] or [self.encode(word)]
-        scores = np.array([n.score for n in nbests] or [0.0])  # log P(segmentation)
-        return candidates, np.cumsum(np.exp(alpha * (scores - scores.max())))
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """Token ids -> text; stops at the first EOS and skips padding."""
-        out = []
-        for i in ids:
-            i = int(i)
-            if i == EOS_ID:
-                break
-            if i != PAD_ID:
-                out.append(i)
-        return self.sp.decode(out)
-
-    def save(self, path: str) -> None:
-        with open(path, 'wb') as f:
-            f.write(self.model_proto)
-
-    @classmethod
-    def load(cls, path: str) -> Tokenizer:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f'No tokenizer at {path}: train first (train.py) or point '
-                                    '--workdir at a trained run.')
-        with open(path, 'rb') as f:
-            return cls(f.read())
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int, *, model_type: str = 'unigram',
-                    character_coverage: float = 1.0, byte_fallback: bool = False,
-                    lowercase: bool = False, bidirectional: bool = False) -> Tokenizer:
-    """Trains a joint SentencePiece vocabulary on ``texts`` (source and target lines).
-
-    ``lowercase`` case-folds text inside the model's normalizer, so encoding lowercases any
-    input and decoding yields lowercase text. ``bidirectional`` reserves ``REVERSE_BOS``.
-    """
-    proto = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=(t.strip() for t in texts), model_writer=proto,
-            vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
-            byte_fallback=byte_fallback,
-            normalization_rule_name='nmt_nfkc_cf' if lowercase else 'nmt_nfkc',
-            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            user_defined_symbols=[REVERSE_BOS] if bidirectional else [],
-            input_sentence_size=2_000_000, shuffle_input_sentence=True, num_threads=1,
-            hard_vocab_limit=False, minloglevel=2)
-    except RuntimeError as e:
-        need = re.search(r'smaller than required_chars\. \d+ vs (\d+)', str(e))
-        if not need:
-            raise
-        raise VocabularyError(
-            f'config.data.vocab_size={vocab_size} is too small: the training text needs '
-            f'{need.group(1)} pieces for its characters and the special tokens alone. Use at '
-            f'least {need.group(1)} (several times more, so that whole words get pieces).') from None
-    return Tokenizer(proto.getvalue())
-
-
-class VocabularyError(ValueError):
-    """The requested vocabulary cannot hold the training text's characters."""
-
-
-def get_tokenizer(workdir: str, train_pairs: list[Pair], vocab_size: int, **kwargs) -> Tokenizer:
-    """Loads ``workdir/tokenizer.model`` or trains it on the train split and saves it there."""
-    path = os.path.join(workdir, TOKENIZER_FILE)
-    if os.path.exists(path):
-        return Tokenizer.load(path)
-    log.info('Training a %d-piece SentencePiece tokenizer on %d pairs', vocab_size,
-             len(train_pairs))
-    tokenizer = train_tokenizer((text for pair in train_pairs for text in pair), vocab_size,
-                                **kwargs)
-    os.makedirs(workdir, exist_ok=True)
-    tokenizer.save(path)
-    return tokenizer
+from transformer.tokenizer import BOS_ID, EOS_ID, Pair, Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,9 +56,7 @@ class TokenizedPairs(Sequence):
     """
     CHUNK = 100_000  # sentences encoded at a time
 
-
-    def __init__(self, pairs: Sequence[Pair], tokenizer: Tokenizer, *,
-                 reverse_bos_id: int | None = None):
+    def __init__(self, pairs: Sequence[Pair], tokenizer: Tokenizer):
         dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max else np.int32
         self._sides = []
         for side in (0, 1):
@@ -213,19 +69,14 @@ class TokenizedPairs(Sequence):
             self._sides.append((np.concatenate(flats or [np.zeros(0, dtype)]),
                                 np.cumsum(np.concatenate(lengths))))
         self._pairs = len(pairs)
-        self._reverse_bos_id = reverse_bos_id
 
     def __len__(self) -> int:
-        return self._pairs * (1 if self._reverse_bos_id is None else 2)
+        return self._pairs
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        """Pair ``index``; with ``reverse_bos_id``, ``index`` >= the number of pairs is pair
-        ``index - pairs`` the other way round, its decoder input led by ``reverse_bos_id``."""
-        reverse, index = divmod(index, self._pairs)
-        source, target = ((flat[at[index]:at[index + 1]].astype(np.int32)
-                           for flat, at in self._sides[::-1 if reverse else 1]))
-        eos = np.array([EOS_ID], np.int32)
-        bos = np.array([self._reverse_bos_id if reverse else BOS_ID], np.int32)
+        source, target = (flat[at[index]:at[index + 1]].astype(np.int32)
+                          for flat, at in self._sides)
+        eos, bos = np.array([EOS_ID], np.int32), np.array([BOS_ID], np.int32)
         return {'inputs': np.concatenate([source, eos]), 'targets': np.concatenate([target, eos]),
                 'decoder_inputs': np.concatenate([bos, target])}
 
@@ -240,6 +91,20 @@ class SampleTokenize(grain.transforms.RandomMap):
     def random_map(self, pair: Pair, rng: np.random.Generator):
         return _example(*(self.tokenizer.sample_encode(text, self.nbest, self.alpha, rng)
                           for text in pair))
+
+
+def _shuffled_examples(pairs: Sequence[Pair], tokenizer: Tokenizer, seed: int,
+                       subword_nbest: int, subword_alpha: float) -> grain.MapDataset:
+    """The endless stream of tokenized examples, reshuffled every epoch.
+
+    With ``subword_nbest`` > 1 (subword regularization) each example's pieces are drawn
+    anew every epoch, seeded by its position in the stream, so a resumed run replays them;
+    otherwise every pair is tokenized once, up front.
+    """
+    if subword_nbest > 1:
+        ds = grain.MapDataset.source(pairs).shuffle(seed=seed).repeat()
+        return ds.random_map(SampleTokenize(tokenizer, subword_nbest, subword_alpha), seed=seed)
+    return grain.MapDataset.source(TokenizedPairs(pairs, tokenizer)).shuffle(seed=seed).repeat()
 
 
 def fits(example, lengths: Lengths) -> bool:
@@ -261,7 +126,7 @@ def pad(example, lengths: Lengths):
 def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, batch_size: int,
                   seed: int, *, pack: bool = True, shard_index: int = 0,
                   num_shards: int = 1, subword_nbest: int = 1,
-                  subword_alpha: float = 0.5, bidirectional: bool = False) -> grain.IterDataset:
+                  subword_alpha: float = 0.5) -> grain.IterDataset:
     """Shuffled (anew each epoch), endless, tokenized, length-filtered batches.
 
     With ``pack`` each of the ``batch_size`` rows holds as many whole examples as fit
@@ -272,25 +137,10 @@ def train_dataset(pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths, bat
     Its iterator's ``get_state()`` is small JSON-able state that, restored, replays exactly
     the batches that would have followed: a resumed run sees the same data. With
     ``num_shards`` > 1 it reads only every ``num_shards``-th pair from ``shard_index``.
-    With ``subword_nbest`` > 1 each example's pieces are drawn from that many best
-    segmentations (``SampleTokenize``), seeded by position in the stream, so resuming
-    replays them too.
-    With ``bidirectional`` every pair also appears reversed (target -> source, decoder input
-    led by the tokenizer's ``REVERSE_BOS``): one model learns both directions from the same
-    sentences, and BOS still asks for the forward one.
+    ``subword_nbest`` and ``subword_alpha``: see ``_shuffled_examples``.
     """
-    shard = pairs[shard_index::num_shards]
-    reverse_bos_id = tokenizer.reverse_bos_id if bidirectional else None
-    if bidirectional and (reverse_bos_id is None or subword_nbest > 1):
-        raise ValueError('bidirectional training needs a tokenizer trained with it (a workdir '
-                         f'started without data.bidirectional has no {REVERSE_BOS} piece) and '
-                         'data.subword_nbest=1')
-    if subword_nbest > 1:  # new pieces every epoch
-        ds = grain.MapDataset.source(shard).shuffle(seed=seed).repeat()
-        ds = ds.random_map(SampleTokenize(tokenizer, subword_nbest, subword_alpha), seed=seed)
-    else:
-        tokenized = TokenizedPairs(shard, tokenizer, reverse_bos_id=reverse_bos_id)
-        ds = grain.MapDataset.source(tokenized).shuffle(seed=seed).repeat()
+    ds = _shuffled_examples(pairs[shard_index::num_shards], tokenizer, seed, subword_nbest,
+                            subword_alpha)
     ds = ds.filter(lambda ex: fits(ex, lengths))
     if not pack:
         ds = ds.map(lambda ex: pad(ex, lengths))
@@ -339,7 +189,7 @@ class ShardedBatches:
     def __init__(self, pairs: list[Pair], tokenizer: Tokenizer, lengths: Lengths,
                  rows_per_shard: int, seed: int, *, pack: bool, num_shards: int,
                  process_index: int = 0, process_count: int = 1, subword_nbest: int = 1,
-                 subword_alpha: float = 0.5, bidirectional: bool = False):
+                 subword_alpha: float = 0.5):
         if num_shards % process_count:
             raise ValueError(f'data.input_shards={num_shards} cannot be split over '
                              f'{process_count} processes; use a multiple of {process_count}.')
@@ -348,8 +198,7 @@ class ShardedBatches:
         self.iterators = [iter(train_dataset(pairs, tokenizer, lengths, rows_per_shard, seed,
                                              pack=pack, shard_index=i, num_shards=num_shards,
                                              subword_nbest=subword_nbest,
-                                             subword_alpha=subword_alpha,
-                                             bidirectional=bidirectional))
+                                             subword_alpha=subword_alpha))
                           for i in self.shards]
 
     def __iter__(self):

@@ -1,8 +1,8 @@
-"""A trained model, ready to translate: restore (optionally averaging checkpoints), decode."""
+"""A trained model, ready to translate: restore (averaging checkpoints, or several runs as an
+ensemble), decode (greedy, beam search, or MBR over samples), detokenize and recase."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -12,75 +12,32 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from transformer import checkpoint, config_lib, data, decode, mbr, metrics, recase, train_lib
-from transformer.model import EncoderDecoder
+from transformer import checkpoint, config_lib, decode, mbr, metrics, recase
+from transformer.tokenizer import BOS_ID, EOS_ID, TOKENIZER_FILE, Tokenizer
 
 log = logging.getLogger('transformer')
 
 
-def configure_logging() -> None:
-    """Our progress at INFO; the libraries' own chatter (orbax, grain, TFDS) only if WARNING."""
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    log.setLevel(logging.INFO)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a run wrote into its workdir (``config.json``)."""
-    if not os.path.isdir(workdir):
-        raise FileNotFoundError(f'No such workdir: {workdir}; train first: '
-                                f'python train.py --config CONFIG --workdir {workdir}')
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.exists(path):
-        raise FileNotFoundError(f'{workdir} is not a training workdir (no config.json); train '
-                                f'first: python train.py --config CONFIG --workdir {workdir}')
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def _schedule_args(t: ml_collections.ConfigDict) -> dict:
-    # Runs written before train.schedule existed used the paper's schedule.
-    return dict(decay=t.get('schedule', 'rsqrt'), total_steps=t.num_steps)
-
-
-def make_schedule(config: ml_collections.ConfigDict):
-    """The learning-rate schedule of ``config.train`` (step -> rate)."""
-    t = config.train
-    return train_lib.learning_rate_schedule(t.learning_rate, t.warmup_steps, **_schedule_args(t))
-
-
-def make_optimizer(config: ml_collections.ConfigDict):
-    """The optax optimizer of ``config.train``."""
-    t = config.train
-    return train_lib.make_optimizer(
-        t.learning_rate, t.warmup_steps, **_schedule_args(t), b1=t.adam_b1, b2=t.adam_b2,
-        eps=t.adam_eps, grad_clip_norm=t.grad_clip_norm or None)
-
-
-def build_state(config: ml_collections.ConfigDict, vocab_size: int):
-    """A freshly initialised (model, optimizer, graphdef, TrainState) for ``config``."""
-    model = EncoderDecoder(config_lib.model_config(config, vocab_size), rngs=nnx.Rngs(config.seed))
-    optimizer = make_optimizer(config)
-    graphdef, state = train_lib.init_state(model, optimizer)
-    return model, optimizer, graphdef, state
-
-
 def restore_params(checkpointer: checkpoint.Checkpointer, abstract_params, average_last: int = 1):
-    """Parameters of the latest checkpoint, or the mean of the last ``average_last``.
+    """Parameters of the newest readable checkpoint, or the mean of the last ``average_last``
+    readable ones (a damaged checkpoint is skipped with a warning naming it).
 
     Averaging the last checkpoints (the paper averages 5, section 6.1) smooths out the
     noise of the final updates. Returns (params, the steps used).
     """
     if average_last < 1:
         raise ValueError(f'average_last={average_last}; expected >= 1')
-    steps = checkpointer.all_steps()
-    if not steps:
-        raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}: train first.')
-    steps = steps[-average_last:]
-    total = None
-    for step in steps:
-        params = checkpointer.restore_params(abstract_params, step)
+    total, steps = None, []
+    for step, params in checkpointer.readable_params(abstract_params):
         total = params if total is None else jax.tree.map(lambda a, b: a + b, total, params)
+        steps.insert(0, step)
+        if len(steps) == average_last:
+            break
+    if not steps:
+        raise FileNotFoundError(f'No readable checkpoint in {checkpointer.directory}: train first.')
+    if len(steps) < average_last:
+        log.warning('Only %d readable checkpoint(s) in %s: averaging those, not %d.', len(steps),
+                    checkpointer.directory, average_last)
     return jax.tree.map(lambda x: x / len(steps), total), steps
 
 
@@ -101,10 +58,10 @@ def make_decoder(graphdef, *, max_decode_len: int, beam_size: int = 1, alpha: fl
         else:
             model = nnx.merge(graphdef, params)
         if beam_size == 1 and length_offset is None and not is_ensemble:
-            return decode.greedy_decode(model, src, bos_id=data.BOS_ID, eos_id=data.EOS_ID,
+            return decode.greedy_decode(model, src, bos_id=BOS_ID, eos_id=EOS_ID,
                                         max_len=max_decode_len)
         return decode.model_beam_search(model, src, beam_size=beam_size, alpha=alpha,
-                                        bos_id=data.BOS_ID, eos_id=data.EOS_ID,
+                                        bos_id=BOS_ID, eos_id=EOS_ID,
                                         max_len=max_decode_len, length_offset=length_offset)
     return jax.jit(run)
 
@@ -113,25 +70,29 @@ def make_sampler(graphdef, *, max_decode_len: int, epsilon: float):
     """Returns a jitted ``sample(params, src [b, s], rng) -> tokens [b, max_decode_len]``
     (``decode.sample_decode``: one epsilon-sampled translation per row)."""
     def run(params, src, rng):
-        return decode.sample_decode(nnx.merge(graphdef, params), src, rng, bos_id=data.BOS_ID,
-                                    eos_id=data.EOS_ID, max_len=max_decode_len, epsilon=epsilon)
+        return decode.sample_decode(nnx.merge(graphdef, params), src, rng, bos_id=BOS_ID,
+                                    eos_id=EOS_ID, max_len=max_decode_len, epsilon=epsilon)
     return jax.jit(run)
 
 
-def _restore(config: ml_collections.ConfigDict, workdir: str, tokenizer: data.Tokenizer,
-             average_last: int):
+def restore_run(config: ml_collections.ConfigDict, workdir: str, tokenizer: Tokenizer,
+                average_last: int = 1):
     """(graphdef, params, checkpoint steps) of the run in ``workdir`` with ``config``'s model."""
-    _, _, graphdef, state = build_state(config, tokenizer.vocab_size)
+    graphdef, abstract = nnx.split(nnx.eval_shape(config_lib.make_model(config, tokenizer.vocab_size)),
+                                   nnx.Param)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            abstract)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), None)
-    params, steps = restore_params(ckpt, state.params, average_last)
+    params, steps = restore_params(ckpt, abstract, average_last)
     return graphdef, params, steps
 
 
 def _check_same_tokenizer(workdir: str, other: str) -> None:
     """An ensemble adds up probabilities of the same pieces: one SentencePiece model for all."""
-    paths = [os.path.join(w, data.TOKENIZER_FILE) for w in (workdir, other)]
+    paths = [os.path.join(w, TOKENIZER_FILE) for w in (workdir, other)]
     if not os.path.exists(paths[1]):
-        raise FileNotFoundError(f'{other} has no {data.TOKENIZER_FILE}: is it a trained '
+        raise FileNotFoundError(f'{other} has no {TOKENIZER_FILE}: is it a trained '
                                 'workdir? Train it first, with the same data config.')
     with open(paths[0], 'rb') as a, open(paths[1], 'rb') as b:
         if a.read() != b.read():
@@ -156,18 +117,18 @@ class Translator:
         if not os.path.isdir(workdir):
             raise FileNotFoundError(f'No such workdir: {workdir}; train first: '
                                     f'python train.py --config CONFIG --workdir {workdir}')
-        if ensemble and config.eval.get('mbr_samples', 0):
+        if ensemble and config.eval.mbr_samples:
             raise ValueError('MBR decoding (config.eval.mbr_samples) samples from one model; '
                              'it does not combine with an ensemble: set '
                              '--config.eval.mbr_samples=0 or decode one workdir')
-        self.tokenizer = data.Tokenizer.load(os.path.join(workdir, data.TOKENIZER_FILE))
+        self.tokenizer = Tokenizer.load(os.path.join(workdir, TOKENIZER_FILE))
         self.recaser = recase.load_if_present(workdir)  # None unless trained on lowercased text
         for other in ensemble:
             _check_same_tokenizer(workdir, other)
         self.members = [workdir, *ensemble]
-        member_configs = [config] + [load_config(other) for other in ensemble]
+        member_configs = [config] + [config_lib.load_run_config(other) for other in ensemble]
         graphdefs, params, self.member_steps = map(list, zip(*(
-            _restore(c, w, self.tokenizer, average_last)
+            restore_run(c, w, self.tokenizer, average_last)
             for c, w in zip(member_configs, self.members))))
         self.steps = self.member_steps[0]
         # One model: its graphdef and parameters; an ensemble: the lists (see make_decoder).
@@ -182,7 +143,7 @@ class Translator:
         self._eval_config = e
         self._workdir = workdir
         self.set_length_penalty(self.alpha)
-        self.mbr_samples = e.get('mbr_samples', 0)  # (absent from older runs' config.json)
+        self.mbr_samples = e.mbr_samples
         if self.mbr_samples:
             self._sample = make_sampler(self.graphdef, max_decode_len=e.max_decode_len,
                                         epsilon=e.mbr_epsilon)
@@ -213,17 +174,17 @@ class Translator:
 
     @classmethod
     def from_workdir(cls, workdir: str, **kwargs) -> Translator:
-        return cls(load_config(workdir), workdir, **kwargs)
+        return cls(config_lib.load_run_config(workdir), workdir, **kwargs)
 
     def encode(self, lines: list[str]) -> np.ndarray:
         """Sentences -> [n, max_source_length] ids + EOS; longer ones are cut with a warning."""
         out = np.zeros((len(lines), self.max_source_length), np.int32)
         for i, line in enumerate(lines):
-            ids = self.tokenizer.encode(line) + [data.EOS_ID]
+            ids = self.tokenizer.encode(line) + [EOS_ID]
             if len(ids) > self.max_source_length:
                 log.warning('Line %d has %d tokens; translating only its first %d.', i + 1,
                             len(ids) - 1, self.max_source_length - 1)
-                ids = ids[:self.max_source_length - 1] + [data.EOS_ID]
+                ids = ids[:self.max_source_length - 1] + [EOS_ID]
             out[i, :len(ids)] = ids
         return out
 

@@ -1,0 +1,68 @@
+"""The experiment configs in configs/: what each must hold, not the values it was tuned to."""
+
+import pytest
+
+from configs import common
+from configs import multi30k as multi30k_config
+from conftest import load_config
+from transformer import config_lib
+
+SPECS = ['configs/default.py', 'configs/default.py:tiny', 'configs/multi30k.py',
+         'configs/multi30k.py:reverse=True', 'configs/multi30k.py:reverse=True,ensemble=2',
+         'configs/wmt14_ende.py:base', 'configs/wmt14_ende.py:big']
+
+
+@pytest.mark.parametrize('spec', SPECS)
+def test_every_config_is_valid_and_has_every_field_of_the_base(spec):
+    config = load_config(spec)
+    config_lib.validate(config)
+    base = common.base_config()
+    assert set(config.to_dict()) == set(base.to_dict())
+    for section in ('data', 'model', 'train', 'mesh', 'distributed', 'eval'):
+        assert set(config[section].keys()) == set(base[section].keys()), section
+
+
+@pytest.mark.parametrize('variant,peak', [('base', (512 * 4000) ** -0.5), ('big', (1024 * 4000) ** -0.5)])
+def test_wmt14_config_has_the_paper_hyperparameters(variant, peak):
+    config = load_config(f'configs/wmt14_ende.py:{variant}')
+    t = config.train
+    assert (t.optimizer, t.optimizer_kwargs.to_dict()) == ('adam', dict(b1=0.9, b2=0.98, eps=1e-9))
+    assert t.label_smoothing == 0.1 and t.schedule == 'rsqrt'
+    assert t.warmup_steps == 4000 and t.learning_rate == pytest.approx(peak)
+    assert config.model.dropout_rate == (0.1 if variant == 'base' else 0.3)
+    tokens = t.batch_size * t.grad_accum_steps * config.data.max_source_length
+    assert 24_000 <= tokens <= 26_000
+    assert (config.eval.beam_size, config.eval.length_penalty) == (4, 0.6)
+
+
+def test_multi30k_directions_and_the_schedule_counted_in_rows():
+    de_en, en_de = load_config('configs/multi30k.py'), load_config('configs/multi30k.py:reverse=True')
+    assert (de_en.data.builder_kwargs.reverse, de_en.data.target_language) == (False, 'en')
+    assert (en_de.data.builder_kwargs.reverse, en_de.data.target_language) == (True, 'de')
+    for config in (de_en, en_de):  # 160 validation rows; the last 5 checkpoints span the end
+        assert config.train.eval_batches * config.train.batch_size == 160
+        assert config.train.checkpoint_every * config.train.max_checkpoints < config.train.num_steps
+    before = en_de.train.eval_every * en_de.train.batch_size
+    en_de.train.batch_size *= 2       # as --config.train.batch_size=32 sets it
+    assert en_de.train.eval_every * en_de.train.batch_size == before
+    assert en_de.train.eval_batches * en_de.train.batch_size == 160
+
+
+def test_multi30k_ensemble_members_differ_only_in_dropout_and_steps():
+    member = load_config('configs/multi30k.py:reverse=True,ensemble=2')
+    single = load_config('configs/multi30k.py:reverse=True,ensemble=1')
+    assert member.train.num_steps < single.train.num_steps  # each member has one core
+    member.model.dropout_rate = single.model.dropout_rate
+    member.train.num_steps = single.train.num_steps
+    assert member.to_dict() == single.to_dict()
+
+
+@pytest.mark.parametrize('arg,message', [
+    ('revers=True', r"Bad config argument 'revers=True'; valid: reverse=VALUE"),
+    ('reverse=maybe', "'maybe' is not a boolean"),
+    ('ensemble=2', 'ensemble=2: the recipes are'),
+    ('reverse=True,ensemble=3', 'ensemble=3: the recipes are'),
+])
+def test_multi30k_arguments_are_checked(arg, message):
+    with pytest.raises(ValueError, match=message):
+        multi30k_config.get_config(arg)

@@ -1,0 +1,17 @@
+"""BLEU and exact match (transformer/metrics.py)."""
+
+import pytest
+
+from transformer import metrics
+
+
+def test_bleu_wrappers():
+    refs = ['A dog runs in the park.', 'Two men are talking.']
+    assert metrics.bleu(refs, refs)[0] == pytest.approx(100.0)
+    assert 'case:mixed' in metrics.bleu(refs, refs)[1]
+    lowered = [r.lower() for r in refs]
+    assert metrics.bleu(lowered, refs)[0] < 100.0  # sacreBLEU is cased
+    assert metrics.tokenized_bleu(lowered, refs, 'en') == pytest.approx(100.0)
+    assert metrics.tokenized_bleu(['A dog runs in the park .'], refs[:1], 'en') == pytest.approx(100.0)
+    assert metrics.tokenized_bleu(['a cat'], refs[:1], 'en') < 10.0
+    assert metrics.exact_match(['x', 'y '], ['x', 'z']) == 50.0

@@ -1,0 +1,190 @@
+"""The training loop (transformer/trainer.py) and the faults a long run meets: preemption
+(SIGTERM, Ctrl-C), kill -9 during checkpoint writes, NaN loss, a damaged checkpoint. The
+signal and kill cases run train.py as a real subprocess."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import EN, ROOT, command, load_config, run, tiny, write_multi30k_raw
+from transformer import config_lib, recase, trainer, writers
+from transformer.tokenizer import TOKENIZER_FILE, Tokenizer
+from transformer.translator import Translator, restore_run
+
+
+def train(data_dir, workdir, *extra):
+    """train.py on the tiny config; the finished process (not checked)."""
+    return run('train.py', *tiny(data_dir, workdir, *extra), check=False)
+
+def test_wmt14_trains_end_to_end_on_mock_data(tmp_path):
+    config = load_config('configs/wmt14_ende.py:base')
+    config.model.variant = 'tiny'
+    config.data.update(vocab_size=60, max_source_length=32, max_target_length=32)
+    config.train.update(batch_size=2, grad_accum_steps=2, num_steps=2, warmup_steps=1,
+                        log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2)
+    config.eval.batch_size = 4
+    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        result = trainer.train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(result['loss'])
+    assert (tmp_path / 'checkpoints' / '2').exists()
+
+
+def test_lowercased_multi30k_run_translates_with_restored_case(tmp_path):
+    config = load_config('configs/multi30k.py:reverse=True')
+    config.model.variant = 'tiny'
+    config.data.update(data_dir=str(tmp_path / 'tfds'), manual_dir=str(write_multi30k_raw(tmp_path / 'raw')),
+                       vocab_size=40, lowercase=True)
+    config.train.update(batch_size=2, num_steps=2, warmup_steps=1, log_every=1, eval_every=2,
+                        eval_batches=1, checkpoint_every=2)
+    config.eval.update(batch_size=4, max_decode_len=8)
+    workdir = tmp_path / 'run'
+    trainer.train_and_evaluate(config, str(workdir))
+    recaser = recase.Recaser.load(str(workdir / recase.RECASER_FILE))
+    assert recaser.forms == {'hund': 'Hund', 'männer': 'Männer', 'auto': 'Auto'}
+    translator = Translator.from_workdir(str(workdir), beam_size=1)
+    assert translator.tokenizer.encode('A DOG') == translator.tokenizer.encode('a dog')
+    cased = translator.translate(EN)
+    translator.recaser = None
+    lowercase = translator.translate(EN)
+    assert any(lowercase) and all(out == out.lower() for out in lowercase)
+    assert cased == [recaser(out) for out in lowercase]
+
+
+def start(data_dir, workdir, *extra):
+    return subprocess.Popen(command('train.py', *tiny(data_dir, workdir, *extra)), cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(predicate, process, timeout=240):
+    deadline = time.time() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f'train.py ended early: {process.communicate()}')
+        if time.time() > deadline:
+            process.kill()
+            raise AssertionError('timed out')
+        time.sleep(0.2)
+
+
+def steps_in(workdir):
+    path = os.path.join(workdir, 'checkpoints')
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def final_params(workdir):
+    """The parameters of the newest readable checkpoint in ``workdir``."""
+    config = config_lib.load_run_config(str(workdir))
+    tokenizer = Tokenizer.load(os.path.join(workdir, TOKENIZER_FILE))
+    return restore_run(config, str(workdir), tokenizer)[1]
+
+
+def trained_steps(workdir):
+    return [r['step'] for r in writers.read_metrics(str(workdir)) if r['split'] == 'train']
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_the_current_step_and_the_same_command_resumes(tmp_path, data_dir, signum):
+    workdir = tmp_path / 'run'
+    args = ('--config.train.num_steps=100000', '--config.train.checkpoint_every=1000',
+            '--config.train.eval_every=1000')
+    process = start(data_dir, workdir, *args)
+    wait_for(lambda: len(trained_steps(workdir)) >= 2, process)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, err
+    assert f'Stopped by {signal.Signals(signum).name} at step' in err
+    saved = steps_in(workdir)
+    assert len(saved) == 1 and saved[0] >= 10  # the step it was on, not a periodic one
+    out = train(data_dir, workdir, f'--config.train.num_steps={saved[0] + 5}',
+              '--config.train.checkpoint_every=1000')
+    assert out.returncode == 0, out.stderr
+    assert f'Resumed from step {saved[0]}' in out.stderr
+    assert steps_in(workdir)[-1] == saved[0] + 5
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, data_dir):
+    # Dropout, packing and a reshuffle every epoch (400 pairs / ~60 per batch) are all on.
+    straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+    assert train(data_dir, straight, '--config.train.num_steps=24').returncode == 0
+    assert train(data_dir, resumed, '--config.train.num_steps=13').returncode == 0
+    assert train(data_dir, resumed, '--config.train.num_steps=24').returncode == 0
+    for a, b in zip(jax.tree.leaves(final_params(straight)), jax.tree.leaves(final_params(resumed))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kill_9_during_checkpoint_writes_leaves_a_restorable_checkpoint(tmp_path, data_dir):
+    workdir = tmp_path / 'run'
+    args = ('--config.train.num_steps=100000', '--config.train.checkpoint_every=1',
+            '--config.train.max_checkpoints=2', '--config.model.variant=mini')
+    for attempt in range(3):  # a checkpoint is being written nearly all the time
+        before = steps_in(workdir)
+        process = start(data_dir, workdir, *args)
+        wait_for(lambda: len(steps_in(workdir)) >= 2 and steps_in(workdir) != before, process)
+        time.sleep(0.05 * attempt)
+        process.kill()
+        process.wait()
+    latest = steps_in(workdir)[-1]
+    out = train(data_dir, workdir, f'--config.train.num_steps={latest + 2}', *args[1:])
+    assert out.returncode == 0, out.stderr
+    assert 'Resumed from step' in out.stderr
+    assert steps_in(workdir)[-1] == latest + 2
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    workdir = tmp_path / 'run'
+    # A learning rate of 1e30 makes every parameter ~1e30 after one step: the next loss is
+    # not finite.
+    out = train(data_dir, workdir, '--config.train.learning_rate=1e30',
+              '--config.train.warmup_steps=0', '--config.train.checkpoint_every=1')
+    assert out.returncode == 1
+    assert 'NaN or infinite at step 2' in out.stderr, out.stderr
+    assert steps_in(workdir) == [1]
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(final_params(workdir)))
+
+
+def test_checkpoint_of_another_model_size_names_the_mismatch(tmp_path, data_dir):
+    workdir = tmp_path / 'run'
+    assert train(data_dir, workdir, '--config.train.num_steps=6').returncode == 0
+    out = train(data_dir, workdir, '--config.train.num_steps=8', '--config.model.variant=mini')
+    assert out.returncode == 1
+    assert 'does not fit this model' in out.stderr
+    expected = 'params.decoder.0.cross_attention.key.kernel: checkpoint (32, 4, 8), model (128, 4, 32)'
+    assert expected in out.stderr
+
+
+def test_a_damaged_latest_checkpoint_is_skipped_and_training_resumes_from_the_one_before(
+        tmp_path, data_dir):
+    workdir = tmp_path / 'run'
+    args = ('--config.train.checkpoint_every=2', '--config.train.eval_every=100')
+    assert train(data_dir, workdir, '--config.train.num_steps=6', *args).returncode == 0
+    assert steps_in(workdir) == [2, 4, 6]
+    sharding_file = workdir / 'checkpoints' / '6' / 'state' / '_sharding'
+    sharding_file.write_bytes(sharding_file.read_bytes()[:10])  # truncated
+    out = train(data_dir, workdir, '--config.train.num_steps=8', *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f'Checkpoint {workdir}/checkpoints/6 is unreadable' in out.stderr
+    assert 'Resumed from step 4' in out.stderr
+    assert steps_in(workdir) == [4, 6, 8]  # step 6 trained again; the damaged one kept aside
+    assert (workdir / 'checkpoints' / '6.unreadable' / 'state' / '_sharding').exists()
+
+
+def test_eval_and_translate_use_the_newest_readable_checkpoint(trained, tmp_path, data_dir):
+    workdir = tmp_path / 'copy'
+    shutil.copytree(trained[0], workdir)
+    (workdir / 'checkpoints' / '20' / 'state' / '_sharding').write_text('{not json')
+    out = run('translate.py', f'--workdir={workdir}', input='twenty-one\n')
+    assert 'checkpoints/20 is unreadable' in out.stderr and len(out.stdout.splitlines()) == 1
+    out = run('eval.py', *tiny(data_dir, workdir, '--average_last=2', '--split=validation'))
+    assert 'step 10,' in out.stdout  # the newest readable one alone
+    assert 'Only 1 readable checkpoint(s)' in out.stderr
+    (workdir / 'checkpoints' / '10' / 'state' / '_sharding').write_text('')
+    out = run('translate.py', f'--workdir={workdir}', input='twenty-one\n', check=False)
+    assert out.returncode == 1
+    assert 'None of the 2 checkpoints' in out.stderr.splitlines()[-1]
