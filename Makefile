@@ -31,9 +31,11 @@ train: install
 	$(PY) train.py --config $(CONFIG) --workdir $(WORKDIR)
 	$(PY) eval.py --config $(CONFIG) --workdir $(WORKDIR)
 
-## Run the test suite (CPU only).
+## Run the test suite (CPU only), in TEST_WORKERS processes (tests sharing the trained
+## run stay in one).
+TEST_WORKERS ?= 2
 test: install-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 ## Benchmarks with their PyTorch peer: make bench [CASES=train_small,beam] [BENCH_OUT=f.jsonl]
 ## [MULTI30K_DIR=path/to/raw/multi30k] (for the input-pipeline case).

@@ -6,6 +6,35 @@ from configs import default
 from transformer import config_lib
 
 
+@pytest.mark.parametrize('key,value,named', [
+    ('model.variant', 'huge', "config.model.variant='huge' is invalid: expected one of"),
+    ('model.matmul_dtype', 'int8', "config.model.matmul_dtype='int8' is invalid"),
+    ('train.warmup_steps', 500, 'config.train.warmup_steps=500'),
+    ('data.dataset', 'wmt99', "config.data.dataset='wmt99'"),
+    ('train.schedule', 'cosine', "config.train.schedule='cosine'"),
+    ('train.optimizer', 'adamm', "config.train.optimizer='adamm' is invalid: optax has no"),
+    ('data.subword_nbest', 0, 'config.data.subword_nbest=0'),
+    ('eval.mbr_epsilon', 1.5, 'config.eval.mbr_epsilon=1.5'),
+])
+def test_a_bad_value_is_named_with_what_would_be_valid(key, value, named):
+    config = default.get_config('tiny')
+    section, field = key.split('.')
+    config[section][field] = value
+    with pytest.raises(config_lib.ConfigError, match=named):
+        config_lib.validate(config)
+
+
+def test_the_optimizer_is_built_from_its_name_and_arguments():
+    config = default.get_config('tiny')
+    config.train.optimizer = 'adamw'
+    config.train.optimizer_kwargs.weight_decay = 0.1  # a field of its own in a config file
+    config_lib.validate(config)
+    assert config_lib.make_optimizer(config) is not None
+    config.train.optimizer_kwargs.b3 = 0.5
+    with pytest.raises(config_lib.ConfigError, match='optax.adamw takes no argument b3'):
+        config_lib.validate(config)
+
+
 def test_rdrop_without_any_dropout_is_refused():
     config = default.get_config()
     config.model.dropout_rate = 0.0

@@ -13,16 +13,24 @@ BOS, EOS = 2, 3
 
 
 def reference_greedy(model, src, max_len):
-    """Greedy decoding that re-runs the full decoder over the prefix at every step."""
+    """Greedy decoding that re-runs the full decoder over the prefix at every step.
+
+    ``model(src, prefix)`` -> logits [b, t, V]. The prefix is held in a [b, max_len] array
+    whose positions after the current one are padding, so the full pass compiles once; the
+    causal mask keeps them from changing the logits read at the current position.
+    """
+    full_pass = jax.jit(lambda s, p: model(s, p))
     out = np.zeros((src.shape[0], max_len), np.int32)
     done = np.zeros(src.shape[0], bool)
-    prefix = np.full((src.shape[0], 1), BOS, np.int32)
+    prefix = np.zeros((src.shape[0], max_len), np.int32)
+    prefix[:, 0] = BOS
     for i in range(max_len):
-        token = np.asarray(jnp.argmax(model(src, prefix)[:, -1], -1))
+        token = np.asarray(jnp.argmax(full_pass(src, prefix)[:, i], -1))
         token = np.where(done, 0, token)
         out[:, i] = token
         done |= token == EOS
-        prefix = np.concatenate([prefix, np.where(token == 0, EOS, token)[:, None]], 1)
+        if i + 1 < max_len:
+            prefix[:, i + 1] = np.where(token == 0, EOS, token)
     return out
 
 

@@ -27,8 +27,8 @@ RULES = default.get_config().mesh.rules.to_dict()
 
 
 def devices_env(n: int) -> dict:
-    return dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={n}',
-                JAX_PLATFORMS='cpu')
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
+    return dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS='cpu')
 
 
 def test_mesh_shape_takes_the_rest_and_names_what_is_wrong():
@@ -73,22 +73,18 @@ def test_sharded_train_step_equals_the_one_device_step():
     assert out.returncode == 0, out.stderr[-3000:]
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
     assert [r['mesh'] for r in results] == [dict(data=8, fsdp=1, tensor=1),
-                                            dict(data=2, fsdp=2, tensor=2),
-                                            dict(data=4, fsdp=1, tensor=2)]
+                                            dict(data=2, fsdp=2, tensor=2)]
     for r in results:
         assert r['tokens'] == r['ref_tokens']
         assert abs(r['loss'] - r['ref_loss']) <= 1e-5 * abs(r['ref_loss']), r
         assert r['gradient_diff'] <= 1e-5, r
-        # Adam's first update is lr * sign(gradient) wherever |gradient| >> eps, so for an
-        # entry whose gradient is ~1e-9 the order of a sum can flip a whole step; a
-        # gradient-proportional update (SGD) shows the parameters themselves agree.
-        assert r['sgd_param_diff'] <= 1e-5, r
+        assert r['param_diff'] <= 1e-5, r
         assert r['misplaced'] == [], r
     assert results[0]['split_params'] == 0          # data=8: every parameter replicated
-    assert results[1]['split_params'] > 0 and results[2]['split_params'] > 0
+    assert results[1]['split_params'] > 0
 
 
-@pytest.mark.parametrize('variant', ['base', 'big'])
+@pytest.mark.parametrize('variant', ['big'])
 def test_paper_configs_compile_for_an_8_device_mesh(tmp_path, variant):
     out = subprocess.run(
         [sys.executable, 'train.py', '--config', f'configs/wmt14_ende.py:{variant}',
@@ -143,12 +139,12 @@ def _train_losses(workdir) -> list:
 
 
 def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_dir):
-    """2 processes x 4 devices (gloo) == 1 process x 8 devices, then restored on 1 device."""
+    """2 processes x 2 devices (gloo) == 1 process x 4 devices, then restored on 1 device."""
     steps = ['--config.train.num_steps=5', '--config.data.input_shards=2',
-             '--config.mesh.data=4', '--config.mesh.tensor=2']
+             '--config.mesh.data=2', '--config.mesh.tensor=2']
     single = subprocess.run([sys.executable, 'train.py', *tiny(data_dir, tmp_path / 'single', *steps)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT,
-                            env=devices_env(8))
+                            env=devices_env(4))
     assert single.returncode == 0, single.stderr[-3000:]
     os.makedirs(tmp_path / 'multi')  # the same vocabulary for both runs
     shutil.copy(tmp_path / 'single' / 'tokenizer.model', tmp_path / 'multi')
@@ -159,7 +155,7 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_di
          f'--config.distributed.coordinator_address=localhost:{port}',
          '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
          '--config.distributed.timeout_s=120'],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=devices_env(4))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=devices_env(2))
         for i in range(2)]
     try:
         outputs = [p.communicate(timeout=600) for p in procs]
@@ -168,7 +164,7 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_di
             p.kill()
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    assert 'Process 1 of 2; 4 local / 8 global devices' in outputs[1][1]
+    assert 'Process 1 of 2; 2 local / 4 global devices' in outputs[1][1]
 
     step_single, params_single, start = _restored_params(tmp_path / 'single')
     step_multi, params_multi, _ = _restored_params(tmp_path / 'multi')
@@ -182,5 +178,5 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_di
     # at 63% of the update, rounding differences at under 1%.
     distance = _relative_distance(params_multi, params_single, start)
     assert distance < 5e-2, f'multi-process parameters differ by {distance:.2%} of the update'
-    # Written on 8 devices, restored on this process's single device.
+    # Written on 4 devices, restored on this process's single device.
     assert all(x.sharding.device_set == {jax.devices()[0]} for x in jax.tree.leaves(params_multi))

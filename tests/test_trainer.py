@@ -122,8 +122,8 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, data_dir
 def test_kill_9_during_checkpoint_writes_leaves_a_restorable_checkpoint(tmp_path, data_dir):
     workdir = tmp_path / 'run'
     args = ('--config.train.num_steps=100000', '--config.train.checkpoint_every=1',
-            '--config.train.max_checkpoints=2', '--config.model.variant=mini')
-    for attempt in range(3):  # a checkpoint is being written nearly all the time
+            '--config.train.max_checkpoints=2')
+    for attempt in range(2):  # a checkpoint is being written nearly all the time
         before = steps_in(workdir)
         process = start(data_dir, workdir, *args)
         wait_for(lambda: len(steps_in(workdir)) >= 2 and steps_in(workdir) != before, process)
@@ -175,6 +175,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_training_resumes_from_the_on
     assert (workdir / 'checkpoints' / '6.unreadable' / 'state' / '_sharding').exists()
 
 
+@pytest.mark.xdist_group('trained')
 def test_eval_and_translate_use_the_newest_readable_checkpoint(trained, tmp_path, data_dir):
     workdir = tmp_path / 'copy'
     shutil.copytree(trained[0], workdir)

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import ROOT, command, run
 
+pytestmark = pytest.mark.xdist_group('trained')  # they share one trained run
+
 
 def translate(workdir, text, *args):
     return run('translate.py', f'--workdir={workdir}', *args, input=text, check=False)
