@@ -21,8 +21,6 @@ def test_linear_schedule_warms_up_then_reaches_zero_at_the_last_step():
     assert values[1] == pytest.approx(1e-5) and values[50] == pytest.approx(5e-4)
     assert values[100] == pytest.approx(1e-3) and values[600] == pytest.approx(5e-4)
     assert values[1100] == 0.0 and values[1200] == 0.0
-    with pytest.raises(ValueError, match='cosine'):
-        optim.learning_rate_schedule(1e-3, 100, 'cosine')
 
 
 def test_any_optax_optimizer_by_name_with_its_arguments():
@@ -51,5 +49,3 @@ def test_any_optax_optimizer_by_name_with_its_arguments():
 ])
 def test_a_bad_optimizer_is_named_with_what_would_work(name, kwargs, message):
     assert message in optim.optimizer_problem(name, kwargs)
-    with pytest.raises(ValueError, match=message):
-        optim.make_optimizer(1e-3, name, kwargs)

@@ -115,7 +115,7 @@ def make_model(config: ml_collections.ConfigDict,
 def make_schedule(config: ml_collections.ConfigDict) -> optim.Schedule:
     """The learning-rate schedule of ``config.train`` (optax update count -> rate)."""
     t = config.train
-    return optim.SCHEDULES[t.schedule](t.learning_rate, t.warmup_steps, t.num_steps)
+    return optim.learning_rate_schedule(t.learning_rate, t.warmup_steps, t.schedule, t.num_steps)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -56,9 +56,8 @@ SCHEDULES: dict[str, Callable[[float, int, int], Schedule]] = {
 
 def learning_rate_schedule(peak: float, warmup_steps: int, decay: str = 'rsqrt',
                            total_steps: int = 0) -> Schedule:
-    """Linear warmup to ``peak``, then the decay named ``decay`` (a key of ``SCHEDULES``)."""
-    if decay not in SCHEDULES:
-        raise ValueError(f'Unknown learning-rate schedule {decay!r}; valid: {sorted(SCHEDULES)}')
+    """Linear warmup to ``peak``, then the decay named ``decay`` (a key of ``SCHEDULES``;
+    ``config_lib.validate`` checks a config's)."""
     return SCHEDULES[decay](peak, warmup_steps, total_steps)
 
 
@@ -83,11 +82,10 @@ def make_optimizer(learning_rate: float | Schedule, name: str = 'adam',
                    grad_clip_norm: float | None = None) -> optax.GradientTransformation:
     """``optax.<name>(learning_rate, **kwargs)`` after optional global-norm clipping.
 
-    The clipping stage is always present (an infinite norm when disabled), so the optimizer
-    state has one structure and a run can be resumed with clipping switched on or off.
+    ``optimizer_problem`` says why a name or an argument would not work (``config_lib.validate``
+    asks it for a config's). The clipping stage is always present (an infinite norm when
+    disabled), so the optimizer state has one structure and a run can be resumed with
+    clipping switched on or off.
     """
-    problem = optimizer_problem(name, kwargs or {})
-    if problem:
-        raise ValueError(problem)
     optimizer = getattr(optax, name)(learning_rate=learning_rate, **dict(kwargs or {}))
     return optax.chain(optax.clip_by_global_norm(grad_clip_norm or float('inf')), optimizer)
