@@ -157,13 +157,11 @@ def main(argv):
                     t, alphas, splits[FLAGS.tune_split], d.target_language)}}
         print(f'Translating {len(sources)} sentences of {split} with {t.description}')
         hypotheses = t.translate(list(sources))
-        score_and_write(FLAGS.workdir, name, t.steps[-1], sources, hypotheses,
-                                 references, target_language=d.target_language,
-                                 num_samples=config.eval.num_samples,
-                                 extra={'checkpoint_steps': t.steps, **ensemble_info(t),
-                                        'beam_size': t.beam_size,
-                                        'length_penalty': t.alpha,
-                                        'mbr_samples': t.mbr_samples, **tuning})
+        score_and_write(FLAGS.workdir, name, t.steps[-1], sources, hypotheses, references,
+                        target_language=d.target_language, num_samples=config.eval.num_samples,
+                        extra={'checkpoint_steps': t.steps, **ensemble_info(t),
+                               'beam_size': t.beam_size, 'length_penalty': t.alpha,
+                               'mbr_samples': t.mbr.num_samples if t.mbr else 0, **tuning})
 
 
 if __name__ == '__main__':

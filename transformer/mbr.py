@@ -10,14 +10,18 @@ a Monte Carlo estimate of h's expected sentence BLEU against what the model beli
 translation to be. BLEU+1 is sentence BLEU with add-one smoothing of the 2- to 4-gram
 precisions (Lin and Och, 2004): ``sacrebleu``'s ``smooth_method='add-k'``, to which the tests
 compare it. Candidates and samples are compared as token lists, tokenized as the score that
-is being optimised tokenizes them.
+is being optimised tokenizes them. ``SampleReranker`` draws the samples from a model and
+applies the selection to a batch of search outputs.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
 
 MAX_ORDER = 4
 
@@ -72,3 +76,40 @@ def select(candidates: Sequence[Sequence[str]], samples: Sequence[Sequence[str]]
         if seen[key] > best_utility:
             best, best_utility = i, seen[key]
     return best
+
+
+class SampleReranker:
+    """Replaces each search output by the MBR choice among it and the model's samples.
+
+    ``sample(src [b, s], rng) -> tokens [b, L]`` draws one translation per row;
+    ``detokenize`` turns a row of ids into text; ``utility_tokenize`` splits text as the
+    optimised score does. Samples are drawn ``rows_per_call`` per sentence at a time (as many
+    rows as the search decodes). The key is ``seed`` folded with the batch's offset and the
+    call: the same config translates the same input the same way.
+    """
+
+    def __init__(self, sample: Callable, detokenize: Callable, utility_tokenize: Callable, *,
+                 num_samples: int, epsilon: float, rows_per_call: int, seed: int):
+        self.sample, self.detokenize, self.utility_tokenize = sample, detokenize, utility_tokenize
+        self.num_samples, self.rows_per_call = num_samples, rows_per_call
+        self.description = f'MBR over {num_samples} samples, epsilon {epsilon}'
+        self.key = jax.random.key(seed)
+
+    def __call__(self, batch: np.ndarray, search_texts: list[str], offset: int) -> list[str]:
+        """batch: [b, s] source ids (its first len(search_texts) rows are real); offset: the
+        index of its first sentence. Returns one text per search text."""
+        src = np.repeat(batch, self.rows_per_call, axis=0)              # [b * per_call, s]
+        samples: list[list[str]] = [[] for _ in search_texts]
+        for call in range(-(-self.num_samples // self.rows_per_call)):
+            rng = jax.random.fold_in(jax.random.fold_in(self.key, offset), call)
+            tokens = np.asarray(self.sample(src, rng))
+            tokens = tokens.reshape(len(batch), self.rows_per_call, -1)  # [b, per_call, len]
+            for row, drawn in zip(samples, tokens):
+                row += [self.detokenize(t) for t in drawn]
+        chosen = []
+        for search_text, drawn in zip(search_texts, samples):
+            texts = [search_text] + drawn[:self.num_samples]
+            tokenized = {text: self.utility_tokenize(text).split() for text in set(texts)}
+            token_lists = [tokenized[text] for text in texts]
+            chosen.append(texts[select(token_lists, token_lists[1:])])
+        return chosen

@@ -143,12 +143,15 @@ class Translator:
         self._eval_config = e
         self._workdir = workdir
         self.set_length_penalty(self.alpha)
-        self.mbr_samples = e.mbr_samples
-        if self.mbr_samples:
-            self._sample = make_sampler(self.graphdef, max_decode_len=e.max_decode_len,
-                                        epsilon=e.mbr_epsilon)
-            self._rng = jax.random.key(config.seed)
-            self._utility_tokenize = metrics.lowercase_tokenizer(config.data.target_language)
+        self.mbr: mbr.SampleReranker | None = None  # MBR decoding, when config.eval asks for it
+        if e.mbr_samples:
+            sampler = make_sampler(self.graphdef, max_decode_len=e.max_decode_len,
+                                   epsilon=e.mbr_epsilon)
+            self.mbr = mbr.SampleReranker(
+                lambda src, rng: sampler(self.params, src, rng), self.tokenizer.decode,
+                metrics.lowercase_tokenizer(config.data.target_language),
+                num_samples=e.mbr_samples, epsilon=e.mbr_epsilon, rows_per_call=self.beam_size,
+                seed=config.seed)
 
     def set_length_penalty(self, alpha: float) -> None:
         """Decodes with GNMT length penalty ``alpha`` from now on (the parameters stay)."""
@@ -164,8 +167,7 @@ class Translator:
     def description(self) -> str:
         """What translates: workdir, checkpoint step(s), search and its settings."""
         search = f'beam {self.beam_size}, alpha {self.alpha}' if self.beam_size > 1 else 'greedy'
-        mbr_part = (f'; MBR over {self.mbr_samples} samples, epsilon '
-                    f'{self._eval_config.mbr_epsilon}' if self.mbr_samples else '')
+        mbr_part = f'; {self.mbr.description}' if self.mbr else ''
         if len(self.members) > 1:
             return (f'an ensemble of {len(self.members)}: ' + ', '.join(
                 f'{w} ({_describe_steps(s)})' for w, s in zip(self.members, self.member_steps))
@@ -200,34 +202,9 @@ class Translator:
                                                         np.int32)])
             tokens = np.asarray(self._decode(self.params, batch))[:rows]
             texts = [self.tokenizer.decode(row) for row in tokens]
-            if self.mbr_samples:
-                texts = self._mbr(batch, texts, start)
+            if self.mbr:
+                texts = self.mbr(batch, texts, start)
             outputs += texts
         if self.recaser:
             outputs = [self.recaser(out) for out in outputs]
         return [out if line.strip() else '' for line, out in zip(lines, outputs)]
-
-    def _mbr(self, batch: np.ndarray, beam_texts: list[str], offset: int) -> list[str]:
-        """Per sentence, the MBR choice among its search output and ``mbr_samples`` samples.
-
-        batch: [b, s] source ids (its first len(beam_texts) rows are real); offset: the index
-        of its first sentence. Samples are drawn ``beam_size`` per row at a time, so the
-        decoder runs on b x beam_size rows, as in the search. The key is config.seed folded
-        with the offset and the call: the same config translates the same input the same way.
-        """
-        per_call = self.beam_size
-        src = np.repeat(batch, per_call, axis=0)                        # [b * per_call, s]
-        samples: list[list[str]] = [[] for _ in beam_texts]
-        for call in range(-(-self.mbr_samples // per_call)):
-            rng = jax.random.fold_in(jax.random.fold_in(self._rng, offset), call)
-            tokens = np.asarray(self._sample(self.params, src, rng))
-            tokens = tokens.reshape(len(batch), per_call, -1)           # [b, per_call, len]
-            for row, drawn in zip(samples, tokens):
-                row += [self.tokenizer.decode(t) for t in drawn]
-        chosen = []
-        for beam_text, drawn in zip(beam_texts, samples):
-            texts = [beam_text] + drawn[:self.mbr_samples]
-            tokenized = {text: self._utility_tokenize(text).split() for text in set(texts)}
-            token_lists = [tokenized[text] for text in texts]
-            chosen.append(texts[mbr.select(token_lists, token_lists[1:])])
-        return chosen
