@@ -1,44 +1,20 @@
 """WMT14 English -> German, the paper's setting (Vaswani et al., 2017): variant base or big.
 
-Prepare the data once (network; ~1.5 GB; TFDS's WMT builder may need TensorFlow):
-
-    tfds build wmt14_translate/de-en --file_format=array_record
-
-Every update sees ~25k source + ~25k target tokens (the paper's batch): 96 packed rows of
-256 tokens, as batch_size x grad_accum_steps. The mesh is ('data', 'fsdp', 'tensor'); see
-transformer/sharding.py and the README's "Scaling out".
-
-One GPU (mesh data=1; 3 accumulated micro-batches of 32 rows):
-
+    tfds build wmt14_translate/de-en --file_format=array_record     # once, with network
     python train.py --config configs/wmt14_ende.py:base --workdir runs/wmt14_base
     python eval.py --config configs/wmt14_ende.py:base --workdir runs/wmt14_base --average_last=5
 
-One 8-GPU box (mesh data=8, 12 rows per GPU, no accumulation); big with its parameters and
-Adam moments split over fsdp=2:
+Every update sees ~25k source + ~25k target tokens (the paper's batch): 96 packed rows of 256
+tokens, as batch_size x grad_accum_steps (one GPU: 32 x 3). An 8-GPU box: add
+--config.train.batch_size=96 --config.train.grad_accum_steps=1 (for big, also
+--config.mesh.data=4 --config.mesh.fsdp=2). A TPU pod slice: the same command on every host,
+with --config.distributed.enabled=True and a workdir and data_dir all hosts see. Check that a
+mesh compiles on any CPU first: XLA_FLAGS=--xla_force_host_platform_device_count=16
+JAX_PLATFORMS=cpu python train.py ... --compile_only --config.mesh.fsdp=4 (see the README).
 
-    python train.py --config configs/wmt14_ende.py:base --workdir runs/wmt14_base \
-        --config.train.batch_size=96 --config.train.grad_accum_steps=1
-    python train.py --config configs/wmt14_ende.py:big --workdir runs/wmt14_big \
-        --config.train.batch_size=96 --config.train.grad_accum_steps=1 \
-        --config.mesh.data=4 --config.mesh.fsdp=2
-
-A TPU pod slice, e.g. v4-32 (16 chips on 4 hosts; mesh data=4 x fsdp=4): the same command
-on every host, with a workdir and data_dir all hosts see (JAX finds the coordinator):
-
-    python train.py --config configs/wmt14_ende.py:big --workdir /mnt/shared/wmt14_big \
-        --config.data.data_dir=/mnt/shared/tensorflow_datasets --config.distributed.enabled=True \
-        --config.train.batch_size=96 --config.train.grad_accum_steps=1 --config.mesh.fsdp=4
-
-Check first, on any CPU, that a mesh compiles (shapes only, nothing runs; prints the memory
-per device):
-
-    XLA_FLAGS=--xla_force_host_platform_device_count=16 JAX_PLATFORMS=cpu python train.py \
-        --config configs/wmt14_ende.py:big --workdir /tmp/unused --compile_only \
-        --config.train.batch_size=96 --config.train.grad_accum_steps=1 --config.mesh.fsdp=4
-
-Hardware and result: not yet run here (a 2-core CPU cannot train this: one base step takes
-seconds). Paper: newstest2014 tokenized BLEU 27.3 (base, 100k steps) / 28.4 (big, 300k).
-Only mock data runs in the tests; base and big are compiled for an 8-device mesh in them.
+Hardware and result: not yet run here (a 2-core CPU cannot train this). Paper: newstest2014
+tokenized BLEU 27.3 (base, 100k steps) / 28.4 (big, 300k). The tests train it on mock data
+and compile big for an 8-device mesh.
 """
 
 import ml_collections
