@@ -146,7 +146,7 @@ def main(argv):
     runs = [(name, translator)]
     if FLAGS.average_last > 1:
         averaged = Translator(config, FLAGS.workdir, average_last=FLAGS.average_last,
-                                        ensemble=FLAGS.ensemble)
+                              ensemble=FLAGS.ensemble)
         runs.append((f'{name}_avg{FLAGS.average_last}', averaged))
     for name, t in runs:
         tuning = {}

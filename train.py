@@ -21,7 +21,7 @@ from ml_collections import config_flags  # noqa: E402
 from transformer import sharding, trainer  # noqa: E402
 from transformer.checkpoint import CheckpointMismatchError  # noqa: E402
 from transformer.config_lib import ConfigError  # noqa: E402
-from transformer.datasets import DataNotFoundError  # noqa: E402
+from transformer.datasets import DatasetError  # noqa: E402
 from transformer.sharding import MeshError  # noqa: E402
 from transformer.tokenizer import VocabularyError  # noqa: E402
 
@@ -65,7 +65,7 @@ def main(argv):
     except trainer.TrainingInterrupted as e:
         print(f'Stopped by {e}', file=sys.stderr)
         sys.exit(128 + e.signum)
-    except (ConfigError, MeshError, VocabularyError, FileNotFoundError, DataNotFoundError,
+    except (ConfigError, MeshError, VocabularyError, FileNotFoundError, DatasetError,
             CheckpointMismatchError, trainer.NonFiniteLossError) as e:
         raise SystemExit(f'Error: {e}') from None
     if result:

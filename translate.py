@@ -53,6 +53,7 @@ def decode_lines(raw: bytes, name: str) -> list[str]:
 
 
 def interactive(translator: Translator) -> None:
+    sys.stdin.reconfigure(errors='surrogateescape')  # bad bytes reach us, not a decode error
     print(f'Translating with {translator.description}. Type a sentence; Ctrl-D to quit.',
           file=sys.stderr)
     while True:

@@ -46,12 +46,13 @@ CASES['dropout_masks'] = ('jax', 'dropout_masks', {})
 CASES['loss_head'] = ('jax', 'loss_head', {})
 
 
-def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
+def run_case(name: str, multi30k_dir: str, timeout_s: float, matmul_size: int) -> dict:
     """Runs one case in a fresh process; returns its measurements (or its error)."""
     impl, function, kwargs = CASES[name]
     if function == 'input_pipeline' and not os.path.isdir(multi30k_dir or ''):
         return {'case': name, 'skipped': f'no Multi30k folder (--multi30k_dir={multi30k_dir!r})'}
-    cmd = [sys.executable, '-m', 'benchmarks', '--worker', name, '--multi30k_dir', multi30k_dir]
+    cmd = [sys.executable, '-m', 'benchmarks', '--worker', name, '--multi30k_dir', multi30k_dir,
+           '--matmul_size', str(matmul_size)]
     env = dict(os.environ)
     env['TRANSFORMER_MALLOC_DEFAULTS'] = '1' if name.endswith(MALLOC_DEFAULTS_SUFFIX) else '0'
     start = time.perf_counter()
@@ -69,8 +70,13 @@ def run_case(name: str, multi30k_dir: str, timeout_s: float) -> dict:
     return result
 
 
-def worker(name: str, multi30k_dir: str) -> None:
+def worker(name: str, multi30k_dir: str, matmul_size: int) -> None:
     impl, function, kwargs = CASES[name]
+    if function == 'matmul_peaks':
+        kwargs = dict(kwargs, n=matmul_size)
+    if impl == 'jax':  # as train.py does, before JAX starts (TRANSFORMER_MALLOC_DEFAULTS opts out)
+        from transformer import host_memory
+        host_memory.keep_freed_memory()
     if function == 'input_pipeline':
         kwargs = dict(kwargs, manual_dir=multi30k_dir)
     if impl == 'torch':
@@ -175,10 +181,13 @@ def main() -> None:
                         help='raw Multi30k files, for the input_pipeline case')
     parser.add_argument('--timeout_s', type=float, default=300.0,
                         help='a case still running after this long is recorded as unfinished')
+    parser.add_argument('--matmul_size', type=int, default=4096,
+                        help='n of the n^3 matmul whose speed is the peak (smaller: a quick '
+                        'check of the harness, not a peak)')
     parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.multi30k_dir)
+        return worker(args.worker, args.multi30k_dir, args.matmul_size)
 
     prefixes = [p for p in args.cases.split(',') if p]
     unknown = [p for p in prefixes if not any(name.startswith(p) for name in CASES)]
@@ -191,7 +200,7 @@ def main() -> None:
     results = []
     for name in names:
         print(f'[{len(results) + 1}/{len(names)}] {name} ...', end=' ', flush=True)
-        result = run_case(name, args.multi30k_dir, args.timeout_s)
+        result = run_case(name, args.multi30k_dir, args.timeout_s, args.matmul_size)
         results.append(result)
         print(result.get('error') or result.get('skipped') or f'{result.get("wall_s", 0):.0f} s',
               flush=True)

@@ -20,9 +20,8 @@ from transformer.model import EncoderDecoder, ModelConfig
 from transformer.tokenizer import BOS_ID
 
 
-def matmul_peaks(repeats: int = 5) -> dict:
-    """GFLOP/s of a 4096^3 jnp.dot: float32, and bfloat16 inputs with float32 accumulation."""
-    n = 4096
+def matmul_peaks(n: int = 4096, repeats: int = 5) -> dict:
+    """GFLOP/s of an n^3 jnp.dot: float32, and bfloat16 inputs with float32 accumulation."""
     out = {}
     key = jax.random.key(0)
     for name, dtype in (('float32', jnp.float32), ('bfloat16', jnp.bfloat16)):

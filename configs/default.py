@@ -57,4 +57,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def get_sweep(arg: str | None = None) -> list[dict]:
     """Peak learning rate x warmup: 6 trials (python sweep.py --config configs/default.py ...)."""
     return hparam_search.grid(**{'train.learning_rate': [1e-3, 2e-3, 4e-3],
-                          'train.warmup_steps': [200, 400]})
+                                 'train.warmup_steps': [200, 400]})

@@ -7,14 +7,18 @@ empty cache like a fresh clone does. XLA compiles with its backend optimizations
 slower, which the tests' tiny models do not notice. Benchmarks never run under it.
 """
 
+import atexit
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
-_CACHE = tempfile.mkdtemp(prefix='transformer-tests-jax-cache-')
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # (pytest-xdist workers inherit it)
+    _CACHE = tempfile.mkdtemp(prefix='transformer-tests-jax-cache-')
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 FAST_COMPILE = '--xla_backend_optimization_level=0'
@@ -64,11 +68,11 @@ def command(script: str, *args) -> list[str]:
 
 
 def run(script: str, *args, check: bool = True, input: str | None = None,
-        timeout: int = 600) -> subprocess.CompletedProcess:
+        timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Runs ``python script args`` from the repository root; raises with its output on
     failure unless ``check`` is False."""
     result = subprocess.run(command(script, *args), cwd=ROOT, capture_output=True, text=True,
-                            input=input, timeout=timeout)
+                            input=input, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f'{script} {args} failed:\n{result.stdout[-3000:]}\n'
                              f'{result.stderr[-3000:]}')
@@ -79,6 +83,23 @@ def tiny(data_dir, workdir, *extra) -> list[str]:
     """Arguments of the tiny numbers config into ``workdir``, data in ``data_dir``."""
     return ['--config', 'configs/default.py:tiny', '--workdir', str(workdir),
             f'--config.data.data_dir={data_dir}', *extra]
+
+
+def train(data_dir, workdir, *extra, env: dict | None = None):
+    """train.py on the tiny config; the finished process (not checked)."""
+    return run('train.py', *tiny(data_dir, workdir, *extra), check=False, env=env)
+
+
+def production_env() -> dict:
+    """The environment without the tests' fast-compile flag: XLA as training runs it."""
+    flags = os.environ.get('XLA_FLAGS', '').replace(FAST_COMPILE, '').strip()
+    return dict(os.environ, XLA_FLAGS=flags)
+
+
+def steps_in(workdir) -> list[int]:
+    """The steps of the checkpoints in ``workdir``."""
+    path = os.path.join(workdir, 'checkpoints')
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
 
 
 @pytest.fixture(scope='session')
@@ -121,3 +142,4 @@ def write_multi30k_raw(folder, en=EN, de=DE):
             with gzip.open(folder / f'{stem}.{lang}.gz', 'wt', encoding='utf-8') as f:
                 f.write(''.join(line + ' \n' for line in lines))  # trailing space is stripped
     return folder
+

@@ -1,4 +1,5 @@
-"""Greedy decoding: the compiled cached loop equals argmax decoding with full passes."""
+"""Decoding (transformer/decode.py): cached greedy decoding equals argmax over full passes;
+beam search against brute force; ensembles; sampling."""
 
 import jax
 import jax.numpy as jnp

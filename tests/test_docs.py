@@ -1,4 +1,5 @@
-"""The blog post docs/transformer-networks.md: its code runs, prints what it shows, links resolve.
+"""The blog post docs/transformer-networks.md: its code runs, prints what it shows, links
+resolve, and docs/make_figures.py draws its figures from a trained run.
 
 Every ```python block runs in order in one namespace (as a reader pasting them into one
 interpreter would). A ```text block right after a python block is the output the post
@@ -12,7 +13,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run, tiny
 
 POST = os.path.join(ROOT, 'docs', 'transformer-networks.md')
 FENCE = re.compile(r'^```(\w*)\n(.*?)^```\s*$', re.M | re.S)
@@ -96,3 +97,22 @@ def test_every_figure_has_alt_text_and_a_caption():
 
 def test_readme_links_to_the_post():
     assert '(docs/transformer-networks.md)' in read(os.path.join(ROOT, 'README.md'))
+
+
+@pytest.mark.xdist_group('trained')
+def test_make_figures_draws_every_figure_from_a_trained_run(trained, data_dir, tmp_path):
+    workdir = trained[0]
+    if not (workdir / 'eval_test.json').exists():  # the BLEU chart reads eval.py's output
+        run('eval.py', *tiny(data_dir, workdir))
+    out = run('docs/make_figures.py', '--default_workdir', str(workdir),
+              '--multi30k_workdirs', str(workdir), '--out', str(tmp_path))
+    names = {'positional_encoding.png', 'learning_rate.png', 'cross_attention.png',
+             'learning_curves.png', 'bleu.png'}
+    assert {p.name for p in tmp_path.iterdir()} == names, out.stdout
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG'
+    missing = run('docs/make_figures.py', '--default_workdir', str(tmp_path / 'none'),
+                  '--multi30k_workdirs', '', '--out', str(tmp_path / 'partial'), check=False)
+    assert missing.returncode == 1 and 'train it first' in missing.stderr
+    assert sorted(os.listdir(tmp_path / 'partial')) == ['learning_rate.png',
+                                                         'positional_encoding.png']

@@ -16,14 +16,22 @@ def test_eval_without_a_trained_run_says_what_to_do(tmp_path, data_dir):
     assert 'train first' in out.stderr.lower() or 'train.py' in out.stderr
 
 
-def test_eval_averages_the_last_checkpoints(trained, data_dir):
+def test_eval_averages_the_last_checkpoints_and_tunes_alpha_for_each(trained, data_dir):
     workdir = trained[0]
-    out = run('eval.py', *tiny(data_dir, workdir, '--average_last=2', '--split=validation'))
+    out = run('eval.py', *tiny(data_dir, workdir, '--average_last=2', '--split=test',
+                               '--tune_length_penalty=0,2.5'))
     assert 'average of steps [10, 20]' in out.stdout
-    averaged = json.loads((workdir / 'eval_validation_avg2.json').read_text())
-    latest = json.loads((workdir / 'eval_validation.json').read_text())
+    averaged = json.loads((workdir / 'eval_test_avg2.json').read_text())
+    latest = json.loads((workdir / 'eval_test.json').read_text())
     assert averaged['checkpoint_steps'] == [10, 20] and latest['checkpoint_steps'] == [20]
     assert 'tokenized_lowercased_bleu' in averaged
+    for result in (latest, averaged):  # alpha chosen on validation, then used on test
+        tuning = result['length_penalty_tuning']
+        assert tuning['split'] == 'validation'
+        scores = tuning['tokenized_lowercased_bleu']
+        assert list(scores) == ['0', '2.5']
+        assert result['length_penalty'] == float(max(scores, key=scores.get))
+    assert f"alpha {latest['length_penalty']})" in out.stdout  # the test split used it
 
 
 def test_eval_with_minimum_bayes_risk_decoding(trained, data_dir):
@@ -34,17 +42,6 @@ def test_eval_with_minimum_bayes_risk_decoding(trained, data_dir):
     result = json.loads((workdir / 'eval_validation.json').read_text())
     assert result['mbr_samples'] == 3 and result['num_examples'] == 40
     assert len((workdir / 'hypotheses_validation.txt').read_text().splitlines()) == 40
-
-
-def test_eval_chooses_the_length_penalty_on_the_tuning_split(trained, data_dir):
-    workdir = trained[0]
-    out = run('eval.py', *tiny(data_dir, workdir, '--tune_length_penalty=0,2.5'))
-    result = json.loads((workdir / 'eval_test.json').read_text())
-    tuning = result['length_penalty_tuning']
-    assert tuning['split'] == 'validation' and list(tuning['tokenized_lowercased_bleu']) == ['0', '2.5']
-    scores = tuning['tokenized_lowercased_bleu']
-    assert result['length_penalty'] == float(max(scores, key=scores.get))
-    assert f"alpha {result['length_penalty']})" in out.stdout  # the test split used it
 
 
 def test_eval_decodes_an_ensemble_of_runs(trained, data_dir, tmp_path):

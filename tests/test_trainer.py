@@ -3,7 +3,6 @@
 signal and kill cases run train.py as a real subprocess."""
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -13,15 +12,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import EN, ROOT, command, load_config, run, tiny, write_multi30k_raw
+from conftest import EN, ROOT, command, load_config, steps_in, tiny, train, write_multi30k_raw
 from transformer import config_lib, recase, trainer, writers
 from transformer.tokenizer import TOKENIZER_FILE, Tokenizer
 from transformer.translator import Translator, restore_run
 
-
-def train(data_dir, workdir, *extra):
-    """train.py on the tiny config; the finished process (not checked)."""
-    return run('train.py', *tiny(data_dir, workdir, *extra), check=False)
 
 def test_wmt14_trains_end_to_end_on_mock_data(tmp_path):
     config = load_config('configs/wmt14_ende.py:base')
@@ -73,11 +68,6 @@ def wait_for(predicate, process, timeout=240):
         time.sleep(0.2)
 
 
-def steps_in(workdir):
-    path = os.path.join(workdir, 'checkpoints')
-    return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
-
-
 def final_params(workdir):
     """The parameters of the newest readable checkpoint in ``workdir``."""
     config = config_lib.load_run_config(str(workdir))
@@ -102,8 +92,10 @@ def test_signal_saves_the_current_step_and_the_same_command_resumes(tmp_path, da
     assert f'Stopped by {signal.Signals(signum).name} at step' in err
     saved = steps_in(workdir)
     assert len(saved) == 1 and saved[0] >= 10  # the step it was on, not a periodic one
+    if signum == signal.SIGINT:
+        return  # resuming is the same for both signals; SIGTERM's case checks it
     out = train(data_dir, workdir, f'--config.train.num_steps={saved[0] + 5}',
-              '--config.train.checkpoint_every=1000')
+                '--config.train.checkpoint_every=1000')
     assert out.returncode == 0, out.stderr
     assert f'Resumed from step {saved[0]}' in out.stderr
     assert steps_in(workdir)[-1] == saved[0] + 5
@@ -112,9 +104,9 @@ def test_signal_saves_the_current_step_and_the_same_command_resumes(tmp_path, da
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, data_dir):
     # Dropout, packing and a reshuffle every epoch (400 pairs / ~60 per batch) are all on.
     straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
-    assert train(data_dir, straight, '--config.train.num_steps=24').returncode == 0
-    assert train(data_dir, resumed, '--config.train.num_steps=13').returncode == 0
-    assert train(data_dir, resumed, '--config.train.num_steps=24').returncode == 0
+    assert train(data_dir, straight, '--config.train.num_steps=16').returncode == 0
+    assert train(data_dir, resumed, '--config.train.num_steps=9').returncode == 0
+    assert train(data_dir, resumed, '--config.train.num_steps=16').returncode == 0
     for a, b in zip(jax.tree.leaves(final_params(straight)), jax.tree.leaves(final_params(resumed))):
         np.testing.assert_array_equal(a, b)
 
@@ -147,45 +139,3 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert 'NaN or infinite at step 2' in out.stderr, out.stderr
     assert steps_in(workdir) == [1]
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(final_params(workdir)))
-
-
-def test_checkpoint_of_another_model_size_names_the_mismatch(tmp_path, data_dir):
-    workdir = tmp_path / 'run'
-    assert train(data_dir, workdir, '--config.train.num_steps=6').returncode == 0
-    out = train(data_dir, workdir, '--config.train.num_steps=8', '--config.model.variant=mini')
-    assert out.returncode == 1
-    assert 'does not fit this model' in out.stderr
-    expected = 'params.decoder.0.cross_attention.key.kernel: checkpoint (32, 4, 8), model (128, 4, 32)'
-    assert expected in out.stderr
-
-
-def test_a_damaged_latest_checkpoint_is_skipped_and_training_resumes_from_the_one_before(
-        tmp_path, data_dir):
-    workdir = tmp_path / 'run'
-    args = ('--config.train.checkpoint_every=2', '--config.train.eval_every=100')
-    assert train(data_dir, workdir, '--config.train.num_steps=6', *args).returncode == 0
-    assert steps_in(workdir) == [2, 4, 6]
-    sharding_file = workdir / 'checkpoints' / '6' / 'state' / '_sharding'
-    sharding_file.write_bytes(sharding_file.read_bytes()[:10])  # truncated
-    out = train(data_dir, workdir, '--config.train.num_steps=8', *args)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert f'Checkpoint {workdir}/checkpoints/6 is unreadable' in out.stderr
-    assert 'Resumed from step 4' in out.stderr
-    assert steps_in(workdir) == [4, 6, 8]  # step 6 trained again; the damaged one kept aside
-    assert (workdir / 'checkpoints' / '6.unreadable' / 'state' / '_sharding').exists()
-
-
-@pytest.mark.xdist_group('trained')
-def test_eval_and_translate_use_the_newest_readable_checkpoint(trained, tmp_path, data_dir):
-    workdir = tmp_path / 'copy'
-    shutil.copytree(trained[0], workdir)
-    (workdir / 'checkpoints' / '20' / 'state' / '_sharding').write_text('{not json')
-    out = run('translate.py', f'--workdir={workdir}', input='twenty-one\n')
-    assert 'checkpoints/20 is unreadable' in out.stderr and len(out.stdout.splitlines()) == 1
-    out = run('eval.py', *tiny(data_dir, workdir, '--average_last=2', '--split=validation'))
-    assert 'step 10,' in out.stdout  # the newest readable one alone
-    assert 'Only 1 readable checkpoint(s)' in out.stderr
-    (workdir / 'checkpoints' / '10' / 'state' / '_sharding').write_text('')
-    out = run('translate.py', f'--workdir={workdir}', input='twenty-one\n', check=False)
-    assert out.returncode == 1
-    assert 'None of the 2 checkpoints' in out.stderr.splitlines()[-1]

@@ -10,14 +10,13 @@ the newest one that reads.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator
 
 import jax
 import orbax.checkpoint as ocp
-
-from transformer import sharding
 
 log = logging.getLogger('transformer')
 
@@ -94,14 +93,17 @@ class Checkpointer:
                                               data=ocp.args.JsonRestore())),
                 abstract_state):
             newer = [s for s in self.all_steps() if s > step]
-            if newer and self.writer:
+            if newer and self.writer:  # (one process: see _readable)
                 for damaged in newer:
                     path = os.path.join(self.directory, str(damaged))
-                    if jax.process_index() == 0:
-                        os.replace(path, path + '.unreadable')
-                    log.warning('Moved the unreadable checkpoint %s to %s.unreadable; training '
-                                'resumes from step %d.', path, path, step)
-                sharding.barrier('set aside unreadable checkpoints')
+                    aside = path + '.unreadable'
+                    for n in itertools.count(2):  # never over an earlier one
+                        if not os.path.exists(aside):
+                            break
+                        aside = f'{path}.unreadable{n}'
+                    os.replace(path, aside)
+                    log.warning('Moved the unreadable checkpoint %s to %s; training resumes '
+                                'from step %d.', path, aside, step)
                 self.manager.reload()
             return restored['state'], restored['data']
         return None
@@ -128,15 +130,22 @@ class Checkpointer:
         """
         steps, readable = self.all_steps(), 0
         for step in reversed(steps):
+            path = os.path.join(self.directory, str(step))
             try:
                 self.check_compatible(abstract_tree, step)
                 restored = restore(step)
             except CheckpointMismatchError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any failure to read means damage
-                log.warning('Checkpoint %s is unreadable (%s: %s); skipping it.',
-                            os.path.join(self.directory, str(step)), type(e).__name__,
-                            str(e).splitlines()[0][:200] if str(e) else '')
+            # What a truncated, deleted or garbled file raises (Orbax and TensorStore report
+            # bad data as ValueError); other errors (memory, permissions) are not damage.
+            except (ValueError, KeyError, FileNotFoundError) as e:
+                reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+                if jax.process_count() > 1:  # the processes must agree on one step to restore
+                    raise NoReadableCheckpointError(
+                        f'Checkpoint {path} is unreadable ({reason}). With several processes '
+                        f'it is not skipped automatically: move it aside (mv {path} '
+                        f'{path}.unreadable) and run again.') from None
+                log.warning('Checkpoint %s is unreadable (%s); skipping it.', path, reason)
                 continue
             readable += 1
             yield step, restored
@@ -173,8 +182,6 @@ class Checkpointer:
                 + ('\n  ...' if len(problems) > 20 else '')
                 + '\nUse a new --workdir, or the config the checkpoint was trained with.')
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

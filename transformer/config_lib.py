@@ -36,8 +36,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         model_config(config, vocab_size=max(d.vocab_size, 1))
     except ValueError as error:
         raise ConfigError(f'config.{error}') from None
-    _check(d.dataset in datasets.DATASETS, 'data.dataset', d.dataset,
-           f'expected one of {sorted(datasets.DATASETS)}')
+    try:
+        datasets.check_name(d.dataset)
+    except ValueError as error:
+        raise ConfigError(f'config.data.dataset={d.dataset!r} is invalid: {error}.') from None
     _check(d.vocab_size >= 16, 'data.vocab_size', d.vocab_size, 'expected at least 16')
     for key in ('max_source_length', 'max_target_length'):
         _check(d[key] >= 2, f'data.{key}', d[key], 'expected at least 2 (EOS/BOS included)')
@@ -135,4 +137,11 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f'{workdir} is not a training workdir (no config.json); train '
                                 f'first: python train.py --config CONFIG --workdir {workdir}')
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(json.load(f))
+    try:
+        validate(config)
+    except (AttributeError, KeyError) as e:
+        raise ConfigError(f'{path} lacks a field this code reads ({e}): the run was written by '
+                          'another version of the code. Evaluate it with that version, or '
+                          'add the field to its config.json.') from None
+    return config

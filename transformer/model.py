@@ -337,6 +337,8 @@ class EncoderDecoder(nnx.Module):
         return self.logits(y)[:, 0], new_cache
 
 
-def count_params(model: nnx.Module) -> int:
-    """Number of scalar parameters (a shared embedding counts once)."""
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def count_params(model: nnx.Module | nnx.State) -> int:
+    """Number of scalar parameters of a model or of its ``nnx.Param`` state, abstract or not
+    (a shared embedding counts once)."""
+    params = model if isinstance(model, nnx.State) else nnx.state(model, nnx.Param)
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))

@@ -35,6 +35,7 @@ from transformer import (
     steps,
     writers,
 )
+from transformer.model import count_params
 from transformer.tokenizer import TOKENIZER_FILE, Tokenizer, get_tokenizer
 
 log = logging.getLogger('transformer')
@@ -77,11 +78,9 @@ def git_hash() -> str:
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Validates the config, loads the data and tokenizer, builds the sharded train state."""
-    config_lib.validate(config)
+    mesh = checked_mesh(config)  # a bad config, mesh or batch fails here, before any work
     workdir = os.path.abspath(os.path.expanduser(workdir))
     d, t = config.data, config.train
-    mesh = sharding.make_mesh(config.mesh)  # a bad mesh or batch fails here, before any work
-    sharding.check_batch(mesh, t.batch_size)
     splits = datasets.load_splits(d.dataset, d.data_dir, ('train', 'validation'),
                                   manual_dir=d.manual_dir, **d.builder_kwargs)
     if is_chief():
@@ -92,16 +91,32 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if not is_chief():
         tokenizer = Tokenizer.load(os.path.join(workdir, TOKENIZER_FILE))
     lengths = input_pipeline.Lengths(d.max_source_length, d.max_target_length)
-    make_model = config_lib.make_model(config, tokenizer.vocab_size)
-    optimizer = config_lib.make_optimizer(config)
-    graphdef, abstract = steps.abstract_state(make_model, optimizer)
-    state_sharding = sharding.state_shardings(abstract, mesh, config.mesh.rules.to_dict())
+    make_model, optimizer, graphdef, abstract, state_sharding = state_layout(
+        config, mesh, tokenizer.vocab_size)
     state = steps.init_state(make_model, optimizer, state_sharding)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    num_params = count_params(abstract.params)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints,
                                    writer=True)
     return Run(config, workdir, splits, tokenizer, lengths, num_params, optimizer, graphdef,
                state, ckpt, mesh, state_sharding)
+
+
+def checked_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """Validates ``config`` and returns its device mesh, once the batch is known to split."""
+    config_lib.validate(config)
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch(mesh, config.train.batch_size)
+    return mesh
+
+
+def state_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int):
+    """(make_model, optimizer, graphdef, abstract TrainState, its shardings on ``mesh``):
+    everything about the train state but its values (``steps.init_state`` makes those)."""
+    make_model = config_lib.make_model(config, vocab_size)
+    optimizer = config_lib.make_optimizer(config)
+    graphdef, abstract = steps.abstract_state(make_model, optimizer)
+    state_sharding = sharding.state_shardings(abstract, mesh, config.mesh.rules.to_dict())
+    return make_model, optimizer, graphdef, abstract, state_sharding
 
 
 def write_run_info(run: Run) -> None:
@@ -122,7 +137,7 @@ def evaluate_loss(eval_step, params, batches, batch_sharding) -> dict[str, float
         out = eval_step(params, sharding.replicated_batch(batch, batch_sharding))
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     if sums is None:
-        raise ValueError('The validation split is empty: nothing to evaluate.')
+        raise datasets.DatasetError('The validation split is empty: nothing to evaluate.')
     return losses.summarize(sums)
 
 
@@ -164,15 +179,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # 3. Compile the steps.
     train_step = steps.make_train_step(run.graphdef, run.optimizer,
-                                           label_smoothing=t.label_smoothing,
-                                           dropout_seed=config.seed + 1,
-                                           grad_accum_steps=t.grad_accum_steps,
-                                           rdrop_alpha=t.rdrop_alpha,
-                                           state_sharding=run.state_sharding,
-                                           batch_sharding=batch_sharding)
+                                       label_smoothing=t.label_smoothing,
+                                       dropout_seed=config.seed + 1,
+                                       grad_accum_steps=t.grad_accum_steps,
+                                       rdrop_alpha=t.rdrop_alpha,
+                                       state_sharding=run.state_sharding,
+                                       batch_sharding=batch_sharding)
     eval_step = steps.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing,
-                                         params_sharding=run.state_sharding.params,
-                                         batch_sharding=batch_sharding)
+                                     params_sharding=run.state_sharding.params,
+                                     batch_sharding=batch_sharding)
     # Validation rows: rounded up to split evenly over the mesh (padding rows weigh nothing).
     rows = sharding.batch_rows_multiple(run.mesh)
     eval_rows = -(-config.eval.batch_size // rows) * rows
@@ -238,14 +253,9 @@ def compile_train_step(config: ml_collections.ConfigDict):
     XLA_FLAGS=--xla_force_host_platform_device_count=N a CPU stands in for N devices).
     Uses ``config.data.vocab_size`` for the vocabulary. Returns the compiled step.
     """
-    config_lib.validate(config)
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = checked_mesh(config)
     t, d = config.train, config.data
-    sharding.check_batch(mesh, t.batch_size)
-    optimizer = config_lib.make_optimizer(config)
-    graphdef, abstract = steps.abstract_state(config_lib.make_model(config, d.vocab_size),
-                                              optimizer)
-    state_sharding = sharding.state_shardings(abstract, mesh, config.mesh.rules.to_dict())
+    _, optimizer, graphdef, abstract, state_sharding = state_layout(config, mesh, d.vocab_size)
     batch_sharding = sharding.batch_sharding(mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             abstract, state_sharding)
@@ -275,12 +285,11 @@ def _train_batches(run: Run) -> input_pipeline.ShardedBatches:
             f'config.data.input_shards={num_shards}: it must divide the {rows} rows of a batch '
             f'(train.batch_size x grad_accum_steps) and be a multiple of the '
             f'{jax.process_count()} processes; 0 = one shard per process.')
-    return input_pipeline.ShardedBatches(run.splits['train'], run.tokenizer, run.lengths,
-                               rows // num_shards, config.seed, pack=config.data.pack,
-                               num_shards=num_shards, process_index=jax.process_index(),
-                               process_count=jax.process_count(),
-                               subword_nbest=config.data.subword_nbest,
-                               subword_alpha=config.data.subword_alpha)
+    return input_pipeline.ShardedBatches(
+        run.splits['train'], run.tokenizer, run.lengths, rows // num_shards, config.seed,
+        pack=config.data.pack, num_shards=num_shards, process_index=jax.process_index(),
+        process_count=jax.process_count(), subword_nbest=config.data.subword_nbest,
+        subword_alpha=config.data.subword_alpha)
 
 
 def _gather_data_state(train_iter: input_pipeline.ShardedBatches) -> dict:

@@ -2,28 +2,31 @@
 
 Each module here holds one dataset: its TFDS builder (written as array_record, read
 without TensorFlow) and whatever makes its raw data (a generator or a download). Its
-``sources(data_dir, splits, **options)`` prepares the dataset on first use and returns
+``sources(data_dir, **options)`` prepares the dataset on first use and returns
 ``({split: random-access TFDS data source}, (source feature, target feature))``.
-``DATASETS`` maps the name in ``config.data.dataset`` to that function; adding a dataset
-is a module and one entry there.
+``DATASETS`` maps the name in ``config.data.dataset`` to that module; adding a dataset is a
+module and one entry there.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from transformer.datasets import multi30k, numbers_de, wmt14
-from transformer.datasets.prepare import DataNotFoundError
+from transformer.datasets.prepare import DataNotFoundError, DatasetError
 from transformer.tokenizer import Pair
 
-DATASETS: dict[str, Callable] = {
-    'numbers_de': numbers_de.sources,
-    'multi30k': multi30k.sources,
-    'wmt14_translate': wmt14.sources,
+# name in config.data.dataset -> the module whose ``sources`` prepares and opens it (imported
+# on first use, so that checking a config or translating loads no dataset code)
+DATASETS: dict[str, str] = {
+    'numbers_de': 'transformer.datasets.numbers_de',
+    'multi30k': 'transformer.datasets.multi30k',
+    'wmt14_translate': 'transformer.datasets.wmt14',
 }
 
-__all__ = ['DATASETS', 'DataNotFoundError', 'load_splits', 'read_pairs']
+__all__ = ['DATASETS', 'DataNotFoundError', 'DatasetError', 'check_name', 'load_splits',
+           'read_pairs']
 
 
 def _text(value) -> str:
@@ -49,7 +52,8 @@ def read_pairs(source, keys: tuple[str, str] = ('source', 'target'),
     return pairs
 
 
-def _check_name(dataset: str) -> None:
+def check_name(dataset: str) -> None:
+    """Raises ``ValueError`` naming the valid datasets if ``dataset`` is not one of them."""
     if dataset not in DATASETS:
         raise ValueError(f'Unknown dataset {dataset!r}; valid: {sorted(DATASETS)}')
 
@@ -63,12 +67,12 @@ def load_splits(dataset: str, data_dir: str | None = None, splits: Sequence[str]
     ``reverse``); each ignores the ones it does not use. A split the dataset does not have
     raises ``ValueError`` naming the ones it has.
     """
-    _check_name(dataset)
+    check_name(dataset)
     if data_dir:
         data_dir = os.path.expanduser(data_dir)
-    sources, keys = DATASETS[dataset](data_dir or None, **options)
+    sources, keys = importlib.import_module(DATASETS[dataset]).sources(data_dir or None, **options)
     wanted = list(sources) if splits is None else list(splits)
     missing = [name for name in wanted if name not in sources]
     if missing:
-        raise ValueError(f'{dataset} has no split {missing[0]!r}; valid: {sorted(sources)}')
+        raise DatasetError(f'{dataset} has no split {missing[0]!r}; valid: {sorted(sources)}')
     return {name: read_pairs(sources[name], keys) for name in wanted}

@@ -20,7 +20,7 @@ import urllib.request
 
 import tensorflow_datasets as tfds
 
-from transformer.datasets.prepare import DataNotFoundError, prepared
+from transformer.datasets.prepare import DataNotFoundError, DatasetError, prepared
 
 log = logging.getLogger('transformer')
 
@@ -140,7 +140,7 @@ class Multi30k(tfds.core.GeneratorBasedBuilder):
         en = read_lines(os.path.join(folder, f'{stem}.en.gz'))
         de = read_lines(os.path.join(folder, f'{stem}.de.gz'))
         if len(en) != len(de):
-            raise ValueError(f'{stem}.en.gz has {len(en)} lines but {stem}.de.gz has {len(de)}; '
+            raise DatasetError(f'{stem}.en.gz has {len(en)} lines but {stem}.de.gz has {len(de)}; '
                              'line i of each file must be a translation pair.')
         skipped = 0
         for i, (e, d) in enumerate(zip(en, de)):

@@ -22,7 +22,7 @@ import random
 
 import tensorflow_datasets as tfds
 
-from transformer.datasets.prepare import prepared
+from transformer.datasets.prepare import DatasetError, prepared
 
 ONES_EN = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine',
            'ten', 'eleven', 'twelve', 'thirteen', 'fourteen', 'fifteen', 'sixteen',
@@ -206,7 +206,8 @@ def generate_pairs(seed: int, n: int) -> list[tuple[str, str]]:
     while len(seen) < n:
         attempts += 1
         if attempts > 50 * n:
-            raise ValueError(f'Could not draw {n} distinct pairs; the task has fewer.')
+            raise DatasetError(f'Could not draw {n} distinct pairs; the task has fewer. Ask for '
+                               'smaller splits (config.data.builder_kwargs).')
         en, de = rng.choices(funcs, weights)[0](rng)
         seen.setdefault(en, de)
     return list(seen.items())

@@ -6,12 +6,18 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import tensorflow_datasets as tfds
+if TYPE_CHECKING:  # the builders import TFDS themselves; this module stays light
+    import tensorflow_datasets as tfds
 
 
 class DataNotFoundError(FileNotFoundError):
     """A dataset's files are neither prepared nor obtainable; the message says how to fix it."""
+
+
+class DatasetError(ValueError):
+    """A dataset's data cannot be used as it is; the message says what is wrong with it."""
 
 
 @contextlib.contextmanager
@@ -36,7 +42,10 @@ def prepared(make_builder: Callable[[], tfds.core.DatasetBuilder],
 
     Processes started at once on one data_dir (an ensemble's members, a parallel sweep, the
     hosts of a pod on a shared filesystem) queue on a lock in the data_dir: the first
-    prepares the dataset, the others then find it prepared and only read it.
+    prepares the dataset, the others then find it prepared and only read it. Where the lock
+    does not reach across hosts (``flock`` on some network filesystems, e.g. some NFS and
+    Lustre setups or object-store mounts), two hosts may both prepare; TFDS then refuses to
+    rename the second copy into place, and that host reads the first one's.
     """
     builder = make_builder()
     if builder.is_prepared():
@@ -44,5 +53,10 @@ def prepared(make_builder: Callable[[], tfds.core.DatasetBuilder],
     with exclusive(builder.data_dir_root, builder.name):
         builder = make_builder()  # anew: the dataset may have been prepared while we waited
         if not builder.is_prepared():
-            prepare(builder)
+            try:
+                prepare(builder)
+            except FileExistsError:  # another host, outside the lock's reach, finished first
+                builder = make_builder()
+                if not builder.is_prepared():
+                    raise
     return builder
