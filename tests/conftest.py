@@ -2,9 +2,10 @@
 
 Compiled programs go to a persistent cache made for this test session, so the many
 train.py / eval.py subprocesses compile each tiny program once, and a run starts from an
-empty cache like a fresh clone does. XLA compiles with its backend optimizations off
-(here and in every subprocess): the programs compute the same, compile ~40% faster and run
-slower, which the tests' tiny models do not notice. Benchmarks never run under it.
+empty cache like a fresh clone does. XLA compiles without LLVM's optimizations (here and in
+every subprocess): the same programs compile ~40% faster and run slower, which the tests'
+tiny models do not notice. `make bench` never runs under it; the tests that compare a
+compiled program with another kind of program bit for bit use production_env().
 """
 
 import atexit
@@ -19,7 +20,8 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # (pytest-xdist workers inher
     _CACHE = tempfile.mkdtemp(prefix='transformer-tests-jax-cache-')
     os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+# Programs that take a while to compile (train steps, decoders), not every eager op.
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 FAST_COMPILE = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()

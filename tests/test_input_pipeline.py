@@ -48,12 +48,20 @@ def test_packed_batches_keep_examples_whole_and_padding_low(pairs_and_tokenizer)
 def test_iterator_state_replays_the_same_batches(pairs_and_tokenizer):
     pairs, tokenizer = pairs_and_tokenizer
     lengths = input_pipeline.Lengths(36, 24)
-    it = iter(input_pipeline.train_dataset(pairs, tokenizer, lengths, 4, seed=3))
+
+    def batches():
+        return iter(input_pipeline.train_dataset(pairs, tokenizer, lengths, 4, seed=3))
+    it = batches()
     for _ in range(5):
         next(it)
+    assert_restored_state_replays(it, batches)
+
+
+def assert_restored_state_replays(it, make_iterator):
+    """The next batches of ``it`` equal those of a new iterator given ``it``'s state."""
     state = it.get_state()
     expected = [next(it) for _ in range(3)]
-    resumed = iter(input_pipeline.train_dataset(pairs, tokenizer, lengths, 4, seed=3))
+    resumed = make_iterator()
     resumed.set_state(state)
     for want in expected:
         got = next(resumed)
@@ -78,21 +86,18 @@ def test_sampled_segmentations_differ_from_the_best_and_replay_on_resume(pairs_a
     pairs, tokenizer = pairs_and_tokenizer
     lengths, kw = input_pipeline.Lengths(36, 24), dict(subword_nbest=8, subword_alpha=0.0)
     plain = next(iter(input_pipeline.train_dataset(pairs, tokenizer, lengths, 4, seed=3)))
-    it = iter(input_pipeline.train_dataset(pairs, tokenizer, lengths, 4, seed=3, **kw))
+
+    def batches():
+        return iter(input_pipeline.train_dataset(pairs, tokenizer, lengths, 4, seed=3, **kw))
+    it = batches()
     assert not np.array_equal(next(it)['targets'], plain['targets'])
-    state = it.get_state()
-    expected = [next(it) for _ in range(3)]
-    resumed = iter(input_pipeline.train_dataset(pairs, tokenizer, lengths, 4, seed=3, **kw))
-    resumed.set_state(state)
-    for want in expected:
-        got = next(resumed)
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key])
+    assert_restored_state_replays(it, batches)
 
 
 def test_eval_batches_cover_every_pair_once_in_order(pairs_and_tokenizer):
     pairs, tokenizer = pairs_and_tokenizer
-    batches = list(input_pipeline.eval_batches(pairs[:23], tokenizer, input_pipeline.Lengths(36, 24), 10))
+    lengths = input_pipeline.Lengths(36, 24)
+    batches = list(input_pipeline.eval_batches(pairs[:23], tokenizer, lengths, 10))
     assert len(batches) == 3 and all(b['inputs'].shape == (10, 36) for b in batches)
     rows = np.concatenate([b['inputs'] for b in batches])
     assert np.all(rows[23:] == 0)
