@@ -14,7 +14,7 @@ JAX_PLATFORMS=cpu python train.py ... --compile_only --config.mesh.fsdp=4 (see t
 
 Hardware and result: not yet run here (a 2-core CPU cannot train this). Paper: newstest2014
 tokenized BLEU 27.3 (base, 100k steps) / 28.4 (big, 300k). The tests train it on mock data
-and compile big for an 8-device mesh.
+and compile base for an 8-device mesh.
 """
 
 import ml_collections

@@ -84,7 +84,7 @@ def test_sharded_train_step_equals_the_one_device_step():
     assert results[1]['split_params'] > 0
 
 
-@pytest.mark.parametrize('variant', ['big'])
+@pytest.mark.parametrize('variant', ['base'])
 def test_paper_configs_compile_for_an_8_device_mesh(tmp_path, variant):
     out = subprocess.run(
         [sys.executable, 'train.py', '--config', f'configs/wmt14_ende.py:{variant}',

@@ -129,8 +129,10 @@ import jax, numpy as np, optax
 from flax import nnx
 from transformer import steps
 from transformer.model import EncoderDecoder, ModelConfig
-for variant in ('mini',):  # d_model 128: its init scale 128^-0.5 is not a power of two
-    for overrides in ({}, {'positional': 'learned', 'share_embeddings': False}):
+# mini: d_model 128, whose init scale 128^-0.5 is not a power of two; every initializer
+# (token table, learned positions, the output projection) in one model.
+for variant in ('mini',):
+    for overrides in ({'positional': 'learned', 'share_embeddings': False},):
         def make():
             return EncoderDecoder(ModelConfig.make(variant, 1000, **overrides), rngs=nnx.Rngs(0))
         jitted = steps.init_state(make, optax.adam(1e-3)).params
