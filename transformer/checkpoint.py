@@ -182,7 +182,6 @@ class Checkpointer:
                 + ('\n  ...' if len(problems) > 20 else '')
                 + '\nUse a new --workdir, or the config the checkpoint was trained with.')
 
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

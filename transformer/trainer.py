@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -50,12 +51,13 @@ class Run:
     tokenizer: Tokenizer
     lengths: input_pipeline.Lengths
     num_params: int
+    make_model: Callable[[], nnx.Module]
     optimizer: optax.GradientTransformation
     graphdef: nnx.GraphDef
-    state: steps.TrainState      # at step 0, already split over the mesh
+    abstract_state: steps.TrainState  # shapes, dtypes and shardings; no values yet
     checkpointer: checkpoint.Checkpointer
     mesh: jax.sharding.Mesh
-    state_sharding: steps.TrainState  # the NamedSharding of every leaf of `state`
+    state_sharding: steps.TrainState  # the NamedSharding of every leaf of the state
 
 
 def is_chief() -> bool:
@@ -77,7 +79,7 @@ def git_hash() -> str:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Validates the config, loads the data and tokenizer, builds the sharded train state."""
+    """Validates the config, loads the data and tokenizer, lays out the sharded train state."""
     mesh = checked_mesh(config)  # a bad config, mesh or batch fails here, before any work
     workdir = os.path.abspath(os.path.expanduser(workdir))
     d, t = config.data, config.train
@@ -93,12 +95,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     lengths = input_pipeline.Lengths(d.max_source_length, d.max_target_length)
     make_model, optimizer, graphdef, abstract, state_sharding = state_layout(
         config, mesh, tokenizer.vocab_size)
-    state = steps.init_state(make_model, optimizer, state_sharding)
-    num_params = count_params(abstract.params)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), t.max_checkpoints,
                                    writer=True)
-    return Run(config, workdir, splits, tokenizer, lengths, num_params, optimizer, graphdef,
-               state, ckpt, mesh, state_sharding)
+    return Run(config, workdir, splits, tokenizer, lengths, count_params(abstract.params),
+               make_model, optimizer, graphdef, abstract, ckpt, mesh, state_sharding)
 
 
 def checked_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -111,11 +111,14 @@ def checked_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
 
 def state_layout(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, vocab_size: int):
     """(make_model, optimizer, graphdef, abstract TrainState, its shardings on ``mesh``):
-    everything about the train state but its values (``steps.init_state`` makes those)."""
+    everything about the train state but its values (``steps.init_state`` makes those, or a
+    checkpoint restores them). The abstract state's leaves carry their shardings."""
     make_model = config_lib.make_model(config, vocab_size)
     optimizer = config_lib.make_optimizer(config)
     graphdef, abstract = steps.abstract_state(make_model, optimizer)
     state_sharding = sharding.state_shardings(abstract, mesh, config.mesh.rules.to_dict())
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            abstract, state_sharding)
     return make_model, optimizer, graphdef, abstract, state_sharding
 
 
@@ -164,10 +167,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              run.mesh.size, jax.process_count(), jax.devices()[0].platform)
 
     # 2. Resume from the latest checkpoint, data position included.
-    state = run.state
-    restored = run.checkpointer.restore(state)  # the newest readable checkpoint, if any
-    if restored is not None:
-        state, data_state = restored  # (the restored arrays keep the mesh's shardings)
+    #    A fresh run initialises the state instead, each array created on its devices.
+    restored = run.checkpointer.restore(run.abstract_state)  # the newest readable checkpoint
+    if restored is None:
+        state = steps.init_state(run.make_model, run.optimizer, run.state_sharding)
+    else:
+        state, data_state = restored  # (restored straight into the mesh's shardings)
         train_iter.set_state(data_state)
         log.info('Resumed from step %d in %s', int(state.step), run.checkpointer.directory)
     if is_chief():
@@ -257,8 +262,6 @@ def compile_train_step(config: ml_collections.ConfigDict):
     t, d = config.train, config.data
     _, optimizer, graphdef, abstract, state_sharding = state_layout(config, mesh, d.vocab_size)
     batch_sharding = sharding.batch_sharding(mesh)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract, state_sharding)
     rows = t.batch_size * t.grad_accum_steps
     fields = {'inputs': d.max_source_length, 'targets': d.max_target_length,
               'decoder_inputs': d.max_target_length}
