@@ -2,6 +2,7 @@
 
     python train.py --config configs/default.py --workdir runs/default
     python train.py --config configs/default.py:tiny --workdir /tmp/t --config.train.num_steps=50
+    python train.py --config configs/wmt14_ende.py:big --workdir /tmp/x --compile_only --topology=v5e:16x16
 
 Running the same command again resumes from the latest checkpoint in --workdir.
 """
@@ -10,15 +11,15 @@ from transformer import host_memory
 
 host_memory.keep_freed_memory()  # before any library starts threads that allocate
 
+import json  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from transformer import sharding, trainer  # noqa: E402
+from transformer import compile_check, platform, sharding, trainer  # noqa: E402
 from transformer.checkpoint import CheckpointMismatchError  # noqa: E402
 from transformer.config_lib import ConfigError  # noqa: E402
 from transformer.datasets import DatasetError  # noqa: E402
@@ -30,23 +31,36 @@ config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/defau
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and the tokenizer go.')
 flags.DEFINE_bool('compile_only', False, 'Compile the train step for config.mesh from shapes '
-                  'alone (no data, no training) and print its size; --workdir is ignored.')
+                  'alone (no data, no training), print its memory, FLOPs and, for a TPU '
+                  'topology, whether it fits and its estimated MFU; --workdir is ignored.')
+flags.DEFINE_string('topology', '', 'With --compile_only: compile for this TPU slice instead '
+                    'of the local devices, e.g. v5e:16x16, v5p:4x4x4, v4:4x4x4 (needs the '
+                    'libtpu package, not a TPU).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def compile_only(config) -> None:
-    compiled = trainer.compile_train_step(config)
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    print(f'compiled the train step of model.variant={config.model.variant} for mesh '
-          f'data={config.mesh.data} x fsdp={config.mesh.fsdp} x tensor={config.mesh.tensor} '
-          f'over {jax.device_count()} devices')
-    if cost and 'flops' in cost:
-        print(f'  {cost["flops"] / 1e12:.2f} TFLOP per step and device (XLA estimate)')
-    if memory is not None:
-        print(f'  per device: arguments {memory.argument_size_in_bytes / 2**30:.2f} GiB, '
-              f'temporaries {memory.temp_size_in_bytes / 2**30:.2f} GiB')
+def compile_only(config, topology: str) -> int:
+    """Prints a summary (stderr) and one JSON line (stdout); 1 if it does not fit."""
+    result = compile_check.report(config, topology)
+    mesh = ' x '.join(f'{k}={v}' for k, v in result['mesh'].items())
+    print(f'compiled the train step of model.variant={config.model.variant} for mesh {mesh} '
+          f'over {result["devices"]} devices ({result["device_kind"]})', file=sys.stderr)
+    if result['hbm_per_chip_gib'] is not None:
+        capacity = result['hbm_capacity_gib']
+        print(f'  memory per chip: {result["hbm_per_chip_gib"]:.2f} GiB'
+              + (f' of {capacity} GiB' if capacity else ''), file=sys.stderr)
+    print(json.dumps(result), flush=True)
+    if result['fits'] is False:
+        over = result['hbm_per_chip_gib'] - result['hbm_capacity_gib']
+        fix = compile_check.what_would_fit(config, topology)
+        advice = (f'it fits with {" ".join(fix["flags"])} ({fix["report"]["hbm_per_chip_gib"]:.2f} '
+                  'GiB per chip)' if fix else 'no remat or FSDP setting fits; use more chips '
+                  'or a smaller train.batch_size with train.grad_accum_steps')
+        print(f'Error: does not fit: {result["hbm_per_chip_gib"]:.2f} GiB per chip, '
+              f'{over:.2f} GiB over the {result["hbm_capacity_gib"]} GiB of '
+              f'{result["device_kind"]}; {advice}.', file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv):
@@ -55,10 +69,11 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # the libraries' chatter: warnings only
     logging.getLogger('transformer').setLevel(logging.INFO)
     sharding.initialize_distributed(FLAGS.config.distributed)
+    platform.configure()
     if FLAGS.compile_only:
         try:
-            return compile_only(FLAGS.config)
-        except (ConfigError, MeshError) as e:
+            sys.exit(compile_only(FLAGS.config, FLAGS.topology))
+        except (ConfigError, MeshError, compile_check.TopologyError) as e:
             raise SystemExit(f'Error: {e}') from None
     try:
         result = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

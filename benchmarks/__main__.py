@@ -44,6 +44,10 @@ CASES['input_pipeline'] = ('jax', 'input_pipeline', {})
 CASES['input_pipeline_subword'] = ('jax', 'input_pipeline', dict(subword_nbest=8))
 CASES['dropout_masks'] = ('jax', 'dropout_masks', {})
 CASES['loss_head'] = ('jax', 'loss_head', {})
+# Compile time of a 24 + 24-layer model's train step: unrolled layers against scanned.
+for _scan in (False, True):
+    CASES[f'compile_deep_{"scanned" if _scan else "unrolled"}'] = (
+        'jax', 'deep_compile', dict(scan_layers=_scan))
 
 
 def run_case(name: str, multi30k_dir: str, timeout_s: float, matmul_size: int) -> dict:
@@ -75,8 +79,9 @@ def worker(name: str, multi30k_dir: str, matmul_size: int) -> None:
     if function == 'matmul_peaks':
         kwargs = dict(kwargs, n=matmul_size)
     if impl == 'jax':  # as train.py does, before JAX starts (TRANSFORMER_MALLOC_DEFAULTS opts out)
-        from transformer import host_memory
+        from transformer import host_memory, platform
         host_memory.keep_freed_memory()
+        platform.configure()
     if function == 'input_pipeline':
         kwargs = dict(kwargs, manual_dir=multi30k_dir)
     if impl == 'torch':
@@ -140,6 +145,11 @@ def ratios(results: list[dict]) -> list[str]:
             lines.append(f'mixed precision (bfloat16 matmul operands, float32 elsewhere): {size} '
                          f'step {1000 * mixed["step_s"]:.0f} ms vs {1000 * f32["step_s"]:.0f} ms '
                          f'float32 = {mixed["step_s"] / f32["step_s"]:.2f}x')
+    unrolled, scanned = by_case.get('compile_deep_unrolled'), by_case.get('compile_deep_scanned')
+    if unrolled and scanned and 'compile_s' in unrolled and 'compile_s' in scanned:
+        lines.append(f'compile time, 24 + 24 layers (train step): unrolled '
+                     f'{unrolled["compile_s"]:.1f} s, scanned {scanned["compile_s"]:.1f} s = '
+                     f'{unrolled["compile_s"] / scanned["compile_s"]:.1f}x faster scanned')
     for case, (what, ours, reference, digits) in AGAINST_REFERENCE.items():
         r = by_case.get(case)
         if r and 'reference_step_s' in r:
@@ -163,8 +173,8 @@ def table(results: list[dict]) -> str:
             rows.append(('matmul 4096^3 GFLOP/s', f'f32 {r["peak_gflops_float32"]:.0f}',
                          f'bf16 {r["peak_gflops_bfloat16"]:.0f}', '', '', '', ''))
             continue
-        rate, unit = next((r[key], unit) for key, unit in RATE_UNITS if key in r)
-        rows.append((r['case'], f'{1000 * r["step_s"]:.1f}', f'{rate:,.0f}{unit}',
+        rate = next((f'{r[key]:,.0f}{unit}' for key, unit in RATE_UNITS if key in r), '')
+        rows.append((r['case'], f'{1000 * r["step_s"]:.1f}' if 'step_s' in r else '', rate,
                      f'{100 * r["mfu_vs_float32_peak"]:.0f}%' if 'mfu_vs_float32_peak' in r else '',
                      f'{100 * r["mfu_vs_bfloat16_peak"]:.0f}%' if 'mfu_vs_bfloat16_peak' in r else '',
                      f'{r["compile_s"]:.1f}' if 'compile_s' in r else '',

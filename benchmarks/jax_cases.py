@@ -14,8 +14,8 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.common import DECODE_SIZE, TRAIN_SIZES, median_seconds, peak_rss_mib
-from benchmarks.flops import train_flops
 from transformer import decode, optim, steps
+from transformer.flops import train_flops
 from transformer.model import EncoderDecoder, ModelConfig
 from transformer.tokenizer import BOS_ID
 
@@ -67,7 +67,7 @@ def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeat
 
     seconds = median_seconds(run, warmup=warmup, repeats=repeats)
     return {'step_s': seconds, 'tokens_per_s': batch * tgt_len / seconds, 'compile_s': compile_s,
-            'model_flops': train_flops(variant, vocab, src_len, tgt_len, batch),
+            'model_flops': train_flops(cfg, src_len, tgt_len, batch),
             'peak_rss_mib': peak_rss_mib()}
 
 
@@ -200,3 +200,23 @@ def input_pipeline(manual_dir: str, *, subword_nbest: int = 1, batches: int = 30
     seconds = (time.perf_counter() - start) / batches
     return {'step_s': seconds, 'batches_per_s': 1 / seconds,
             'examples_per_s': examples / batches / seconds, 'peak_rss_mib': peak_rss_mib()}
+
+
+def deep_compile(scan_layers: bool, layers: int = 24) -> dict:
+    """Compile time of the train step of a ``layers`` + ``layers`` model of base width
+    (d_model 512, 8 heads), from shapes alone: unrolled against one scan per stack."""
+    import dataclasses
+
+    from transformer.compile_check import abstract_batch
+
+    cfg = dataclasses.replace(ModelConfig.make('base', 32000, scan_layers=scan_layers),
+                              num_encoder_layers=layers, num_decoder_layers=layers)
+    optimizer = optim.make_optimizer(optim.rsqrt_schedule(1e-4, 100, 0), 'adam',
+                                     dict(b1=0.9, b2=0.98, eps=1e-9))
+    graphdef, abstract = steps.abstract_state(lambda: EncoderDecoder(cfg, rngs=nnx.Rngs(0)),
+                                              optimizer)
+    step = steps.make_train_step(graphdef, optimizer, label_smoothing=0.1, dropout_seed=0)
+    start = time.perf_counter()
+    step.lower(abstract, abstract_batch(16, 64, 64, pack=False)).compile()
+    return {'compile_s': time.perf_counter() - start, 'peak_rss_mib': peak_rss_mib()}
+

@@ -13,8 +13,8 @@ import os
 import time
 
 from benchmarks.common import TRAIN_SIZES, median_seconds, peak_rss_mib
-from benchmarks.flops import train_flops
-from transformer.model import SIZES
+from transformer.flops import train_flops
+from transformer.model import SIZES, ModelConfig
 
 
 def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeats: int = 5) -> dict:
@@ -68,5 +68,5 @@ def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeat
     seconds = median_seconds(run, warmup=warmup, repeats=repeats)
     return {'step_s': seconds, 'tokens_per_s': batch * tgt_len / seconds,
             'compile_s': max(first_s - seconds, 0.0),
-            'model_flops': train_flops(variant, vocab, src_len, tgt_len, batch),
+            'model_flops': train_flops(ModelConfig.make(variant, vocab), src_len, tgt_len, batch),
             'peak_rss_mib': peak_rss_mib(), 'torch': torch.__version__}

@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Operands of the projection and output-layer matmuls, forward and backward (float32
     # accumulation); '' = model.dtype. 'bfloat16' with float32 dtype is mixed precision.
     config.model.matmul_dtype = ''
+    # Accelerator switches (same results, other speed and memory; see transformer/model.py):
+    config.model.attention_impl = 'xla'   # 'xla' einsums | 'cudnn' (GPU) | 'splash' (TPU Pallas)
+    config.model.remat = 'none'           # recompute in the backward pass: 'none' | 'full' | 'dots'
+    config.model.scan_layers = False      # each stack as one scan: compile time flat in depth
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32          # rows per update (per micro-batch with accumulation)
@@ -75,6 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.eval_batches = 10        # validation batches per periodic evaluation
     config.train.checkpoint_every = 1000
     config.train.max_checkpoints = 5
+    # A jax.profiler trace of this many steps (0 = none) from step profile_start + 1 (after
+    # compilation), written to WORKDIR/profile for TensorBoard's profile plugin or Perfetto.
+    config.train.profile_steps = 0
+    config.train.profile_start = 10
 
     # Devices: a ('data', 'fsdp', 'tensor') mesh; one axis may be -1 (the devices left
     # over). The default is pure data parallelism. See transformer/sharding.py.

@@ -23,6 +23,9 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # (pytest-xdist workers inher
 # Programs that take a while to compile (train steps, decoders), not every eager op.
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+# CPU only, here and in subprocesses (libtpu, installed for the TPU compile checks, would
+# otherwise look for a TPU at every start).
+os.environ['JAX_PLATFORMS'] = 'cpu'
 FAST_COMPILE = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
@@ -112,12 +115,15 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory, data_dir):  # tests using it: @pytest.mark.xdist_group('trained')
-    """A tiny run trained for 10 steps, then resumed to 20: (workdir, checkpoints after the
-    first run, the second run's output). Tests that change files use a copy."""
+    """A tiny run trained for 10 steps, then resumed to 20 with steps 13-14 profiled:
+    (workdir, checkpoints after the first run, the second run's output). Tests that change
+    files use a copy."""
     workdir = tmp_path_factory.mktemp('run')
     run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=10'))
     checkpoints_after_first = sorted(os.listdir(workdir / 'checkpoints'))
-    second = run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=20'))
+    second = run('train.py', *tiny(data_dir, workdir, '--config.train.num_steps=20',
+                                   '--config.train.profile_start=12',
+                                   '--config.train.profile_steps=2'))
     return workdir, checkpoints_after_first, second
 
 

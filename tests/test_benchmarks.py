@@ -5,9 +5,10 @@ import os
 import subprocess
 import sys
 
-from benchmarks import flops
 from benchmarks.__main__ import add_utilization, ratios, table
 from conftest import ROOT
+from transformer import flops
+from transformer.model import ModelConfig
 
 
 def test_forward_flops_count_each_matmul_once():
@@ -16,8 +17,9 @@ def test_forward_flops_count_each_matmul_once():
     encoder = 3 * (4 * s * d * d + 2 * s * s * d + 2 * s * d * f)
     decoder = 3 * (4 * t * d * d + 2 * t * t * d + 2 * t * d * d + 2 * s * d * d
                    + 2 * t * s * d + 2 * t * d * f)
-    assert flops.forward_flops('small', v, s, t) == 2 * (encoder + decoder + t * d * v)
-    assert flops.train_flops('small', v, s, t, 64) == 3 * 64 * flops.forward_flops('small', v, s, t)
+    cfg = ModelConfig.make('small', v)
+    assert flops.forward_flops(cfg, s, t) == 2 * (encoder + decoder + t * d * v)
+    assert flops.train_flops(cfg, s, t, 64) == 3 * 64 * flops.forward_flops(cfg, s, t)
 
 
 def test_utilization_and_ratios_use_the_peaks_of_the_same_run():

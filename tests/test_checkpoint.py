@@ -25,6 +25,12 @@ def test_checkpoint_of_another_model_size_names_the_mismatch(trained):
     assert 'does not fit this model' in str(error.value)
     expected = 'params.decoder.0.cross_attention.key.kernel: checkpoint (32, 4, 8), model (128, 4, 32)'
     assert expected in str(error.value)
+    config.model.variant = 'tiny'
+    config.model.scan_layers = True
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=(
+            r'holds unrolled \(model.scan_layers=False\) layers, but this model\'s are scanned '
+            r'\(model.scan_layers=True\). Set --config.model.scan_layers=False')):
+        restore_run(config, workdir, tokenizer)
 
 
 def test_a_damaged_latest_checkpoint_is_skipped_and_training_resumes_from_the_one_before(

@@ -103,3 +103,57 @@ def _all_equations(jaxpr):
             inner = getattr(param, 'jaxpr', param)
             if hasattr(inner, 'eqns'):
                 yield from _all_equations(inner)
+
+
+def _packed_segments(batch: int, length: int) -> np.ndarray:
+    """[batch, length] segment ids: row 0 three examples then padding, row 1 all padding,
+    the others one example each of a different length."""
+    segments = np.zeros((batch, length), np.int32)
+    segments[0, :5], segments[0, 5:9], segments[0, 9:length - 3] = 1, 2, 3
+    for row in range(2, batch):
+        segments[row, :length - row] = 1
+    return segments
+
+
+@pytest.mark.parametrize('impl', ['cudnn', 'splash'])
+@pytest.mark.parametrize('causal', [False, True])
+def test_every_attention_implementation_equals_the_einsums_and_their_gradients(rng, impl,
+                                                                              causal):
+    """Same outputs and gradients at every real query, with several examples packed in a
+    row, a fully padded row and padded tails; finite everywhere. ('cudnn' off a GPU is
+    jax.nn.dot_product_attention's XLA path; 'splash' off a TPU runs interpreted.)"""
+    b, length, h, d_head = 4, 24, 2, 8
+    q, k, v = (jnp.asarray(rng.normal(size=(b, length, h, d_head)), jnp.float32)
+               for _ in range(3))
+    segments = jnp.asarray(_packed_segments(b, length))
+    mask = layers.Mask(segments, segments, causal=causal)
+    real = (segments != 0)[:, :, None, None]                          # [b, q, 1, 1]
+    target = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+    def loss(impl, q, k, v):
+        out = layers.attend(q, k, v, mask, impl)
+        return jnp.sum(jnp.where(real, out * target, 0.0)), out
+
+    (_, reference), ref_grads = jax.value_and_grad(
+        lambda *a: loss('xla', *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    (_, out), grads = jax.value_and_grad(
+        lambda *a: loss(impl, *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    assert np.isfinite(np.asarray(out)).all()
+    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, reference, 0),
+                               atol=2e-6, rtol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_implementations_refuse_what_they_cannot_compute(rng):
+    q = jnp.zeros((1, 4, 2, 8))
+    arbitrary = jnp.asarray(rng.random((1, 1, 4, 4)) < 0.5)
+    with pytest.raises(ValueError, match="not an arbitrary boolean mask; use 'xla' or 'cudnn'"):
+        layers.attend(q, q, q, arbitrary, 'splash')
+    with pytest.raises(ValueError, match="no attention dropout; use model.attention_impl='xla'"):
+        layers.attend(q, q, q, arbitrary, 'cudnn', dropout_rate=0.1,
+                      dropout_rng=jax.random.key(0))
+    # The mask an arbitrary array can express still works on the einsum path and cuDNN's.
+    for impl in ('xla', 'cudnn'):
+        assert np.isfinite(np.asarray(layers.attend(q + 1, q, q, arbitrary, impl))).all()
+    assert 'expected one of' in layers.attention_impl_problem('flash', 0.0)

@@ -7,7 +7,13 @@ import pytest
 from flax import nnx
 
 from conftest import VOCAB, make_model, random_tokens
-from transformer.model import EncoderDecoder, ModelConfig, count_params, sinusoidal_encoding
+from transformer.model import (
+    EncoderDecoder,
+    ModelConfig,
+    convert_layers,
+    count_params,
+    sinusoidal_encoding,
+)
 
 
 def test_positional_encoding_equals_the_paper_formula():
@@ -79,7 +85,8 @@ def test_packed_rows_equal_the_examples_run_separately(rng):
 
 
 @pytest.mark.parametrize('overrides', [{}, {'pre_ln': True}, {'share_embeddings': False},
-                                       {'positional': 'learned'}])
+                                       {'positional': 'learned'}, {'scan_layers': True},
+                                       {'attention_impl': 'cudnn', 'remat': 'dots'}])
 def test_cached_step_by_step_decoding_equals_full_forward(rng, overrides):
     model = make_model(**overrides)
     src = random_tokens(rng, 3, 7, min_len=2)
@@ -177,3 +184,46 @@ def test_bad_model_fields_are_refused_naming_the_field_and_the_valid_values():
         ModelConfig.make('tiny', 100, dropout_rate=1.0)
     with pytest.raises(ValueError, match="model.positional='rotary' is invalid"):
         ModelConfig.make('tiny', 100, positional='rotary')
+
+
+def _loss_and_grads(model, src, tgt, rng_key):
+    """Sum of the logits against a fixed target direction, and its parameter gradients."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    direction = jax.random.normal(jax.random.key(7), (*tgt.shape, VOCAB))  # [b, t, V]
+
+    def loss(params):
+        return jnp.sum(nnx.merge(graphdef, params)(src, tgt, dropout_rng=rng_key) * direction)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def test_rematerialization_gives_the_same_loss_and_gradients(rng):
+    src, tgt = random_tokens(rng, 3, 7, min_len=2), random_tokens(rng, 3, 6)
+    key = jax.random.key(3)  # dropout on: the recomputed forward must draw the same masks
+    want_loss, want_grads = _loss_and_grads(make_model(dropout_rate=0.2), src, tgt, key)
+    for remat in ('full', 'dots'):
+        loss, grads = _loss_and_grads(make_model(dropout_rate=0.2, remat=remat), src, tgt, key)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
+                     grads, want_grads)
+
+
+def test_scanned_layers_compute_the_unrolled_model_with_converted_parameters(rng):
+    """Outputs and gradients (dropout on, rematerialized) agree once the unrolled parameters
+    are stacked, and converting back restores them exactly."""
+    unrolled = make_model(dropout_rate=0.2, remat='full')
+    scanned = make_model(dropout_rate=0.2, scan_layers=True, remat='full')
+    params = nnx.state(unrolled, nnx.Param)
+    assert nnx.state(scanned, nnx.Param)['encoder']['feed_forward']['wi']['kernel'].shape == (
+        2, 32, 64)
+    nnx.update(scanned, convert_layers(params, nnx.state(scanned, nnx.Param)))
+    src, tgt = random_tokens(rng, 3, 7, min_len=2), random_tokens(rng, 3, 6)
+    key = jax.random.key(3)
+    loss, grads = _loss_and_grads(scanned, src, tgt, key)
+    want_loss, want_grads = _loss_and_grads(unrolled, src, tgt, key)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+    grads = convert_layers(grads, params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+                 grads, want_grads)
+    back = convert_layers(nnx.state(scanned, nnx.Param), params)
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+    assert count_params(scanned) == count_params(unrolled)

@@ -6,6 +6,7 @@ The multi-device cases run in subprocesses whose CPU is split into 8 devices
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,8 +19,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs import default
-from conftest import ROOT, make_model, tiny
-from transformer import config_lib, sharding, writers
+from conftest import ROOT, load_config, make_model, tiny
+from transformer import compile_check, config_lib, sharding, writers
 from transformer.tokenizer import TOKENIZER_FILE, Tokenizer
 from transformer.translator import restore_run
 
@@ -92,7 +93,8 @@ def test_paper_configs_compile_for_an_8_device_mesh(tmp_path, variant):
          '--config.mesh.fsdp=2', '--config.mesh.tensor=2'],
         capture_output=True, text=True, timeout=900, cwd=ROOT, env=devices_env(8))
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f'model.variant={variant} for mesh data=2 x fsdp=2 x tensor=2 over 8 devices' in out.stdout
+    assert f'model.variant={variant} for mesh data=2 x fsdp=2 x tensor=2 over 8 devices' in out.stderr
+    assert json.loads(out.stdout)['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 2}
     assert not os.listdir(tmp_path)  # shapes only: nothing trained, nothing written
 
 
@@ -180,3 +182,34 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_di
     assert distance < 5e-2, f'multi-process parameters differ by {distance:.2%} of the update'
     # Written on 4 devices, restored on this process's single device.
     assert all(x.sharding.device_set == {jax.devices()[0]} for x in jax.tree.leaves(params_multi))
+
+
+def test_tiny_model_compiles_for_a_tpu_topology_on_this_cpu():
+    config = load_config('configs/default.py:tiny')
+    config.data.vocab_size = 64
+    result = compile_check.report(config, 'v5e:2x2')
+    assert (result['topology'], result['device_kind'], result['devices']) == (
+        'v5e:2x2', 'TPU v5 lite', 4)
+    assert result['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
+    assert result['fits'] and 0 < result['hbm_per_chip_gib'] < result['hbm_capacity_gib'] == 16
+    # XLA counts a little more than the model FLOPs (softmax, norms, the optimizer).
+    assert 1.0 < result['xla_flops_per_step'] / result['flops_per_step'] < 1.5
+    assert result['estimated_step_s'] > 0 and 0 < result['estimated_mfu'] < 1
+    with pytest.raises(compile_check.TopologyError, match='expected GENERATION:DIMS'):
+        compile_check.report(config, 'v5e-16')
+
+
+def test_a_config_too_big_for_the_chips_exits_naming_the_excess_and_what_fits(tmp_path,
+                                                                              data_dir):
+    # A 50M-piece vocabulary: its embedding, gradient and Adam moments replicated on every
+    # chip take ~24 GiB of a v5e's 16; split over the four chips (FSDP) they fit.
+    out = subprocess.run(
+        [sys.executable, 'train.py', *tiny(data_dir, tmp_path / 'w'), '--compile_only',
+         '--topology=v5e:2x2', '--config.data.vocab_size=50000000', '--config.train.batch_size=4',
+         '--config.data.max_source_length=2', '--config.data.max_target_length=2'],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])['fits'] is False
+    assert re.search(r'Error: does not fit: [\d.]+ GiB per chip, [\d.]+ GiB over the 16 GiB of '
+                     r'TPU v5 lite; it fits with --config.mesh.data=1 --config.mesh.fsdp=-1',
+                     out.stderr), out.stderr[-2000:]

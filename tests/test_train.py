@@ -21,8 +21,13 @@ def test_train_evaluate_stop_and_resume(trained, data_dir):
 
     # Same command with more steps: resumed at 10 and continued to 20.
     assert 'Resumed from step 10' in out.stderr + out.stdout
-    train_steps = [r['step'] for r in writers.read_metrics(str(workdir)) if r['split'] == 'train']
-    assert train_steps == [5, 10, 15, 20]
+    records = [r for r in writers.read_metrics(str(workdir)) if r['split'] == 'train']
+    assert [r['step'] for r in records] == [5, 10, 15, 20]
+    assert all(0 < r['mfu'] < 1 and r['tokens_per_sec'] > 0 for r in records)
+    # The profiled steps' trace, for TensorBoard (.xplane.pb) and Perfetto (.trace.json.gz).
+    traces = sorted(p.name for p in (workdir / 'profile').rglob('*') if p.is_file())
+    assert any(n.endswith('.xplane.pb') for n in traces), traces
+    assert any(n.endswith('.trace.json.gz') for n in traces), traces
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['10', '20']
 
     out = run('eval.py', *tiny(data_dir, workdir))

@@ -174,6 +174,16 @@ class Checkpointer:
         problems += [f'  {name}: in the checkpoint, not in the model' for name in extra]
         if differ and not params_differ and not extra:
             problems.append('  (only the optimizer state differs: was the optimizer changed?)')
+        scanned = [not any(name.startswith('params.encoder.0.') for name in names)
+                   for names in (saved, wanted)]
+        if problems and scanned[0] != scanned[1]:
+            form = {True: 'scanned (model.scan_layers=True)',
+                    False: 'unrolled (model.scan_layers=False)'}
+            raise CheckpointMismatchError(
+                f'Checkpoint {self.directory}/{step} holds {form[scanned[0]]} layers, but this '
+                f'model\'s are {form[scanned[1]]}. Set --config.model.scan_layers='
+                f'{scanned[0]} (the two compute the same function), or move the parameters '
+                'across with transformer.model.convert_layers.')
         if problems:
             raise CheckpointMismatchError(
                 f'Checkpoint {self.directory}/{step} does not fit this model '

@@ -77,6 +77,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
            'model.attention_dropout or model.token_dropout > 0')
     _check(t.grad_clip_norm >= 0, 'train.grad_clip_norm', t.grad_clip_norm,
            'expected >= 0 (0 disables clipping)')
+    _check(t.profile_steps >= 0, 'train.profile_steps', t.profile_steps, 'expected >= 0 (0 = off)')
+    _check(t.profile_start >= 0, 'train.profile_start', t.profile_start, 'expected >= 0')
     for key in ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every'):
         _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
     for name, axis in config.mesh.rules.items():
@@ -100,7 +102,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
         attention_dropout=m.attention_dropout, token_dropout=m.token_dropout,
         max_len=m.max_len, positional=m.positional, pre_ln=m.pre_ln,
         share_embeddings=m.share_embeddings, dtype=m.dtype,
-        param_dtype=m.param_dtype, matmul_dtype=m.matmul_dtype or None)
+        param_dtype=m.param_dtype, matmul_dtype=m.matmul_dtype or None,
+        attention_impl=m.attention_impl, remat=m.remat, scan_layers=m.scan_layers)
 
 
 def make_model(config: ml_collections.ConfigDict,

@@ -3,7 +3,9 @@
 Shape letters used throughout: b batch, q query length, k key/value length, h heads,
 dh d_head = d_model / h, d d_model, f d_ff.
 
-Masks are boolean and broadcastable to [b, h, q, k]; True means "may attend".
+Masks are boolean and broadcastable to [b, h, q, k]; True means "may attend". Layers take
+them as a ``Mask`` (segment ids and causality), which the einsum path expands to a boolean
+array and the Pallas kernel reads as segment ids; ``attend`` picks the implementation.
 
 Dropout takes an explicit PRNG key (``None`` = deterministic), so every step function
 stays pure; the train step derives the key from (seed, step), so a resumed run draws the
@@ -17,6 +19,7 @@ import functools
 import math
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -179,6 +182,122 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
     return (out, weights) if return_weights else out
 
 
+def attention_mask(q_segments: Array, k_segments: Array) -> Array:
+    """[b, q] and [b, k] segment ids -> [b, 1, q, k]: attend within the same example only.
+
+    Segment 0 is padding: no query attends to a padding key, and padding queries see
+    nothing (their outputs are never used).
+    """
+    same = q_segments[:, None, :, None] == k_segments[:, None, None, :]
+    return same & (k_segments[:, None, None, :] != 0)
+
+
+def causal_mask(length: int) -> Array:
+    """[1, 1, t, t]: position i may attend to positions j <= i."""
+    return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+@flax.struct.dataclass
+class Mask:
+    """Who may attend to whom: a query sees the keys of its own segment (0 = padding, seen
+    by nobody) and, if ``causal``, only those at or before its own position."""
+    q_segments: Array            # [b, q] int
+    k_segments: Array            # [b, k] int
+    causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> Array:
+        """The boolean [b, 1, q, k] mask."""
+        mask = attention_mask(self.q_segments, self.k_segments)
+        return mask & causal_mask(self.q_segments.shape[1]) if self.causal else mask
+
+
+ATTENTION_IMPLS = ('xla', 'cudnn', 'splash')
+
+
+def attention_impl_problem(impl: str, attention_dropout: float) -> str | None:
+    """Why ``impl`` cannot compute this model's attention, or None if it can."""
+    if impl not in ATTENTION_IMPLS:
+        return f'expected one of {ATTENTION_IMPLS}'
+    if impl != 'xla' and attention_dropout > 0:
+        return (f"the fused kernels have no attention dropout; use model.attention_impl='xla' "
+                f'or model.attention_dropout=0 (it is {attention_dropout})')
+    return None
+
+
+def attend(q: Array, k: Array, v: Array, mask: Mask | Array, impl: str = 'xla', *,
+           dropout_rate: float = 0.0, dropout_rng: Array | None = None) -> Array:
+    """Scaled dot-product attention by the implementation ``impl`` names.
+
+    'xla': ``dot_product_attention`` above (einsums; the reference, and the only one with
+    attention dropout). 'cudnn': ``jax.nn.dot_product_attention``, cuDNN's fused kernel on a
+    GPU (bfloat16 or float16 inputs, d_head a multiple of 8 up to 128), XLA's own
+    composition elsewhere. 'splash': the Pallas splash-attention kernel, native on TPU and
+    run by the Pallas interpreter elsewhere (to check its numbers, not for speed).
+
+    q: [b, q, h, dh]; k, v: [b, k, h, dh] -> [b, q, h, dh] in the dtype of ``v``. ``mask``:
+    a ``Mask``, or any boolean array broadcastable to [b, h, q, k] ('xla' and 'cudnn' only).
+    Outputs at padding queries (segment 0) differ between implementations: nothing reads them.
+    """
+    dense = mask.dense() if isinstance(mask, Mask) else mask
+    if impl == 'xla':
+        return dot_product_attention(q, k, v, dense, dropout_rate=dropout_rate,
+                                     dropout_rng=dropout_rng)
+    problem = attention_impl_problem(impl, dropout_rate if dropout_rng is not None else 0.0)
+    if problem:
+        raise ValueError(f'model.attention_impl={impl!r}: {problem}')
+    if impl == 'cudnn':
+        return _cudnn_attention(q, k, v, jnp.broadcast_to(dense, (q.shape[0], 1, *dense.shape[-2:])))
+    if not isinstance(mask, Mask):
+        raise ValueError("model.attention_impl='splash' takes segment ids and causality (a "
+                         "layers.Mask), not an arbitrary boolean mask; use 'xla' or 'cudnn'.")
+    return _splash_attention(q, k, v, mask)
+
+
+def _cudnn_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    on_gpu = jax.default_backend() == 'gpu'
+    if on_gpu and (q.dtype not in (jnp.bfloat16, jnp.float16) or q.shape[-1] % 8
+                   or q.shape[-1] > 128):
+        raise ValueError(
+            f"model.attention_impl='cudnn': cuDNN's fused attention needs bfloat16 or float16 "
+            f'inputs and d_head a multiple of 8 up to 128, not {q.dtype} with d_head '
+            f"{q.shape[-1]}; set model.dtype='bfloat16' or use model.attention_impl='xla'.")
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
+                                       implementation='cudnn' if on_gpu else None)
+    return out.astype(v.dtype)
+
+
+_SPLASH_BLOCK = 128  # the kernel's tile over queries and keys; lengths are padded to it
+
+
+def _splash_attention(q: Array, k: Array, v: Array, mask: Mask) -> Array:
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_kernel as splash,
+    )
+    from jax.experimental.pallas.ops.tpu.splash_attention import (
+        splash_attention_mask as splash_mask,
+    )
+    b, q_len, h, d_head = q.shape
+
+    def pad(x, length):  # [b, l, ...] -> [b, ceil(l / block) * block, ...], zeros after
+        extra = -length % _SPLASH_BLOCK
+        return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+
+    q_pad, k_pad = q_len + -q_len % _SPLASH_BLOCK, k.shape[1] + -k.shape[1] % _SPLASH_BLOCK
+    shape = (q_pad, k_pad)
+    head_mask = splash_mask.CausalMask(shape) if mask.causal else splash_mask.FullMask(shape)
+    block = _SPLASH_BLOCK
+    kernel = splash.make_splash_mha(
+        splash_mask.MultiHeadMask([head_mask] * h),
+        block_sizes=splash.BlockSizes(block, block, block, block, block, block, block, block),
+        head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != 'tpu')
+    # [b, l, h, dh] -> [b, h, l, dh]; the kernel does not scale the queries itself.
+    q = pad(q * jnp.asarray(d_head ** -0.5, q.dtype), q_len).transpose(0, 2, 1, 3)
+    k, v = (pad(x.astype(q.dtype), x.shape[1]).transpose(0, 2, 1, 3) for x in (k, v))
+    segments = splash.SegmentIds(pad(mask.q_segments, q_len), pad(mask.k_segments, mask.k_segments.shape[1]))
+    out = jax.vmap(kernel)(q, k, v, segments)                   # [b, h, q_pad, dh]
+    return out.transpose(0, 2, 1, 3)[:, :q_len].astype(v.dtype)
+
+
 class MultiHeadAttention(nnx.Module):
     """Multi-head attention (section 3.2.2): h parallel heads of size d_model / h.
 
@@ -188,8 +307,8 @@ class MultiHeadAttention(nnx.Module):
     """
 
     def __init__(self, d_model: int, num_heads: int, *, attention_dropout: float = 0.0,
-                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                 matmul_dtype: Any = None, rngs: nnx.Rngs):
+                 attention_impl: str = 'xla', dtype: Any = jnp.float32,
+                 param_dtype: Any = jnp.float32, matmul_dtype: Any = None, rngs: nnx.Rngs):
         if d_model % num_heads:
             raise ValueError(f'd_model={d_model} is not divisible by num_heads={num_heads}')
         d_head = d_model // num_heads
@@ -202,24 +321,28 @@ class MultiHeadAttention(nnx.Module):
         self.value = Projection(in_shape, 1, in_axes, **kw)
         self.out = Projection((num_heads, d_head, d_model), 2, ('heads', 'kv', 'embed'), **kw)
         self.attention_dropout = attention_dropout
+        self.attention_impl = attention_impl
 
     def project_kv(self, x: Array) -> tuple[Array, Array]:
         """[b, k, d] -> keys and values, each [b, k, h, dh]."""
         return self.key(x), self.value(x)
 
-    def __call__(self, x: Array, mask: Array | None, *, kv: tuple[Array, Array] | None = None,
+    def __call__(self, x: Array, mask: Mask | Array, *, kv: tuple[Array, Array] | None = None,
                  dropout_rng: Array | None = None, return_weights: bool = False):
         """Attends from ``x`` [b, q, d] to ``kv`` (default: self-attention over ``x``).
 
-        Returns [b, q, d] (and the [b, h, q, k] attention weights if asked).
+        Returns [b, q, d] (and the [b, h, q, k] attention weights if asked; those come from
+        the einsum path whatever ``attention_impl`` is).
         """
         k, v = self.project_kv(x) if kv is None else kv
-        result = dot_product_attention(self.query(x), k, v, mask,
-                                       dropout_rate=self.attention_dropout,
-                                       dropout_rng=dropout_rng, return_weights=return_weights)
         if return_weights:
-            return self.out(result[0]), result[1]
-        return self.out(result)
+            dense = mask.dense() if isinstance(mask, Mask) else mask
+            out, weights = dot_product_attention(
+                self.query(x), k, v, dense, dropout_rate=self.attention_dropout,
+                dropout_rng=dropout_rng, return_weights=True)
+            return self.out(out), weights
+        return self.out(attend(self.query(x), k, v, mask, self.attention_impl,
+                               dropout_rate=self.attention_dropout, dropout_rng=dropout_rng))
 
     def attend_cached(self, x: Array, cache: KVCache, index: Array) -> tuple[Array, KVCache]:
         """One decoding step of causal self-attention.
@@ -263,9 +386,16 @@ class BlockConfig:
     dropout_rate: float = 0.1
     attention_dropout: float = 0.0
     pre_ln: bool = False
+    attention_impl: str = 'xla'     # see ``attend``
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     matmul_dtype: Any = None        # operands of the projections' matmuls; None = dtype
+
+
+def attention_layer(cfg: BlockConfig, rngs: nnx.Rngs) -> MultiHeadAttention:
+    return MultiHeadAttention(cfg.d_model, cfg.num_heads, attention_dropout=cfg.attention_dropout,
+                              attention_impl=cfg.attention_impl, dtype=cfg.dtype,
+                              param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype, rngs=rngs)
 
 
 def layer_norm(d_model: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -300,14 +430,13 @@ class EncoderLayer(nnx.Module):
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype,
                   rngs=rngs)
-        self.self_attention = MultiHeadAttention(cfg.d_model, cfg.num_heads,
-                                                 attention_dropout=cfg.attention_dropout, **kw)
+        self.self_attention = attention_layer(cfg, rngs)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, **kw)
         self.attention_block = Residual(cfg, rngs=rngs)
         self.ff_block = Residual(cfg, rngs=rngs)
 
-    def __call__(self, x: Array, mask: Array, dropout_rng: Array | None = None) -> Array:
-        """x: [b, s, d]; mask: [b, 1, s, s] -> [b, s, d]."""
+    def __call__(self, x: Array, mask: Mask, dropout_rng: Array | None = None) -> Array:
+        """x: [b, s, d]; mask: over [b, s] source segments -> [b, s, d]."""
         r = split_rng(dropout_rng, 3)
         x = self.attention_block(x, lambda y: self.self_attention(y, mask, dropout_rng=r[0]), r[1])
         return constrain_batch(self.ff_block(x, self.feed_forward, r[2]))
@@ -319,22 +448,20 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype,
                   rngs=rngs)
-        self.self_attention = MultiHeadAttention(cfg.d_model, cfg.num_heads,
-                                                 attention_dropout=cfg.attention_dropout, **kw)
-        self.cross_attention = MultiHeadAttention(cfg.d_model, cfg.num_heads,
-                                                  attention_dropout=cfg.attention_dropout, **kw)
+        self.self_attention = attention_layer(cfg, rngs)
+        self.cross_attention = attention_layer(cfg, rngs)
         self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, **kw)
         self.self_block = Residual(cfg, rngs=rngs)
         self.cross_block = Residual(cfg, rngs=rngs)
         self.ff_block = Residual(cfg, rngs=rngs)
 
-    def __call__(self, y: Array, cross_kv: tuple[Array, Array], self_mask: Array,
-                 cross_mask: Array, dropout_rng: Array | None = None, *,
+    def __call__(self, y: Array, cross_kv: tuple[Array, Array], self_mask: Mask,
+                 cross_mask: Mask, dropout_rng: Array | None = None, *,
                  return_weights: bool = False):
         """Full-sequence pass (training, scoring).
 
         y: [b, t, d]; cross_kv: encoder keys/values, each [b, s, h, dh];
-        self_mask: [b, 1, t, t] (causal and padding); cross_mask: [b, 1, t, s].
+        self_mask: causal over [b, t] target segments; cross_mask: target to source segments.
         Returns [b, t, d] (and the [b, h, t, s] cross-attention weights if asked).
         """
         r = split_rng(dropout_rng, 5)
@@ -353,7 +480,7 @@ class DecoderLayer(nnx.Module):
         y = constrain_batch(self.ff_block(y, self.feed_forward, r[4]))
         return (y, weights[0]) if return_weights else y
 
-    def step(self, y: Array, cross_kv: tuple[Array, Array], cross_mask: Array,
+    def step(self, y: Array, cross_kv: tuple[Array, Array], cross_mask: Mask,
              cache: KVCache, index: Array) -> tuple[Array, KVCache]:
         """One incremental decoding step: y [b, 1, d] at position ``index`` -> [b, 1, d]."""
         new_cache = {}

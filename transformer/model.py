@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from transformer import layers
+from transformer.layers import Mask, attention_mask, causal_mask  # noqa: F401 (re-exported)
 from transformer.tokenizer import PAD_ID
 
 Array = jax.Array
@@ -36,6 +37,11 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 POSITIONAL = ('sinusoidal', 'learned')
+# Rematerialization: which activations of a layer the backward pass keeps (the rest it
+# recomputes from the layer's input). 'dots' keeps the outputs of the projection and
+# feed-forward matmuls and recomputes attention, softmax, normalization and dropout.
+REMAT_POLICIES = {'none': None, 'full': jax.checkpoint_policies.nothing_saveable,
+                  'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def _invalid(field: str, value, valid: str) -> ValueError:
@@ -66,6 +72,11 @@ class ModelConfig:
     # Operands of the projection and output-layer matmuls (float32 accumulation), forward
     # and backward; None = dtype. bfloat16 with float32 dtype is mixed precision.
     matmul_dtype: Any = None
+    attention_impl: str = 'xla'        # layers.ATTENTION_IMPLS: einsums, cuDNN or Pallas
+    remat: str = 'none'                # a key of REMAT_POLICIES
+    # One nnx.scan over each stack's layers, their parameters stacked on a leading axis:
+    # compile time no longer grows with depth. Checkpoints differ in layout (convert_layers).
+    scan_layers: bool = False
 
     @classmethod
     def make(cls, variant: str, vocab_size: int, **kwargs) -> ModelConfig:
@@ -85,14 +96,19 @@ class ModelConfig:
     def __post_init__(self):
         if self.positional not in POSITIONAL:
             raise _invalid('positional', self.positional, f'expected one of {POSITIONAL}')
+        problem = layers.attention_impl_problem(self.attention_impl, self.attention_dropout)
+        if problem:
+            raise _invalid('attention_impl', self.attention_impl, problem)
+        if self.remat not in REMAT_POLICIES:
+            raise _invalid('remat', self.remat, f'expected one of {tuple(REMAT_POLICIES)}')
         for key in ('dropout_rate', 'attention_dropout', 'token_dropout'):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise _invalid(key, getattr(self, key), 'expected 0 <= rate < 1')
 
     def block(self) -> layers.BlockConfig:
         return layers.BlockConfig(self.d_model, self.d_ff, self.num_heads, self.dropout_rate,
-                                  self.attention_dropout, self.pre_ln, self.dtype, self.param_dtype,
-                                  self.matmul_dtype)
+                                  self.attention_dropout, self.pre_ln, self.attention_impl,
+                                  self.dtype, self.param_dtype, self.matmul_dtype)
 
 
 def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
@@ -107,21 +123,6 @@ def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
     angles = positions[..., None].astype(jnp.float32) * inv_freq             # [..., d/2]
     pe = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)              # [..., d/2, 2]
     return pe.reshape(*positions.shape, d_model)
-
-
-def attention_mask(q_segments: Array, k_segments: Array) -> Array:
-    """[b, q] and [b, k] segment ids -> [b, 1, q, k]: attend within the same example only.
-
-    Segment 0 is padding: no query attends to a padding key, and padding queries see
-    nothing (their outputs are never used).
-    """
-    same = q_segments[:, None, :, None] == k_segments[:, None, None, :]
-    return same & (k_segments[:, None, None, :] != 0)
-
-
-def causal_mask(length: int) -> Array:
-    """[1, 1, t, t]: position i may attend to positions j <= i."""
-    return jnp.tril(jnp.ones((length, length), bool))[None, None]
 
 
 def normal_init(stddev: float):
@@ -199,10 +200,10 @@ class EncoderDecoder(nnx.Module):
         self.output = None if cfg.share_embeddings else layers.Projection(
             (cfg.d_model, cfg.vocab_size), 1, ('embed', 'vocab'), use_bias=False, dtype=cfg.dtype,
             param_dtype=cfg.param_dtype, rngs=rngs)
-        self.encoder = nnx.List([layers.EncoderLayer(block, rngs=rngs)
-                                 for _ in range(cfg.num_encoder_layers)])
-        self.decoder = nnx.List([layers.DecoderLayer(block, rngs=rngs)
-                                 for _ in range(cfg.num_decoder_layers)])
+        self.encoder = layer_stack(lambda r: layers.EncoderLayer(block, rngs=r),
+                                   cfg.num_encoder_layers, cfg.scan_layers, rngs)
+        self.decoder = layer_stack(lambda r: layers.DecoderLayer(block, rngs=r),
+                                   cfg.num_decoder_layers, cfg.scan_layers, rngs)
         norm = (cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
         # Pre-LN leaves the residual stream unnormalised: normalise each stack's output.
         self.encoder_norm = layers.layer_norm(*norm) if cfg.pre_ln else None
@@ -226,12 +227,37 @@ class EncoderDecoder(nnx.Module):
                src_positions: Array | None = None, *, dropout_rng: Array | None = None) -> Array:
         """src: [b, s] token ids -> encoder output [b, s, d]."""
         src_segments, src_positions = _defaults(src, src_segments, src_positions)
-        rngs = layers.split_rng(dropout_rng, len(self.encoder) + 1)
+        rngs = layers.split_rng(dropout_rng, self.cfg.num_encoder_layers + 1)
         x = self._embed(self.source_embed, src, src_positions, rngs[0])
-        mask = attention_mask(src_segments, src_segments)
-        for layer, rng in zip(self.encoder, rngs[1:]):
-            x = layer(x, mask, rng)
+        mask = Mask(src_segments, src_segments)
+        x = self._run_stack(self.encoder, x, rngs[1:], lambda layer, x, rng: layer(x, mask, rng))
         return x if self.encoder_norm is None else self.encoder_norm(x)
+
+    def _run_stack(self, stack, x: Array, rngs: list, call) -> Array:
+        """``x`` [b, l, d] through every layer of ``stack``, ``call(layer, x, rng) -> x``, one
+        dropout key per layer; rematerialized and scanned as the config says."""
+        if self.cfg.remat != 'none':
+            # Inside a scan XLA cannot merge the recomputation back into the forward pass,
+            # so the CSE guard is needed only when unrolled.
+            call = nnx.remat(call, policy=REMAT_POLICIES[self.cfg.remat],
+                             prevent_cse=not self.cfg.scan_layers)
+        if not self.cfg.scan_layers:
+            for layer, rng in zip(stack, rngs):
+                x = call(layer, x, rng)
+            return x
+        keys = None if rngs[0] is None else jnp.stack(rngs)  # [layers] keys
+        scan = nnx.scan(lambda x, layer, rng: call(layer, x, rng),
+                        in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+        return scan(x, stack, keys)
+
+    def _each_layer(self, stack) -> list[nnx.Module]:
+        """The layers of a stack one by one (for decoding, which runs them unrolled)."""
+        if not self.cfg.scan_layers:
+            return list(stack)
+        graphdef, state = nnx.split(stack)
+        count = jax.tree.leaves(state)[0].shape[0]
+        return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+                for i in range(count)]
 
     def decode(self, tgt_in: Array, encoded: Array, src_segments: Array,
                tgt_segments: Array | None = None, tgt_positions: Array | None = None, *,
@@ -253,17 +279,21 @@ class EncoderDecoder(nnx.Module):
                        dropout_rng, return_weights: bool = False):
         """Decoder states [b, t, d] and, if asked, each layer's cross-attention weights."""
         tgt_segments, tgt_positions = _defaults(tgt_in, tgt_segments, tgt_positions)
-        rngs = layers.split_rng(dropout_rng, len(self.decoder) + 1)
+        rngs = layers.split_rng(dropout_rng, self.cfg.num_decoder_layers + 1)
         y = self._embed(self.target_embed, tgt_in, tgt_positions, rngs[0])
-        self_mask = attention_mask(tgt_segments, tgt_segments) & causal_mask(tgt_in.shape[1])
-        cross_mask = attention_mask(tgt_segments, src_segments)
+        self_mask = Mask(tgt_segments, tgt_segments, causal=True)
+        cross_mask = Mask(tgt_segments, src_segments)
+
+        def call(layer, y, rng, **kwargs):
+            return layer(y, layer.cross_attention.project_kv(encoded), self_mask, cross_mask,
+                         rng, **kwargs)
+
+        if not return_weights:
+            return self._run_stack(self.decoder, y, rngs[1:], call), []
         weights = []
-        for layer, rng in zip(self.decoder, rngs[1:]):
-            y = layer(y, layer.cross_attention.project_kv(encoded), self_mask, cross_mask, rng,
-                      return_weights=return_weights)
-            if return_weights:
-                y, w = y
-                weights.append(w)
+        for layer, rng in zip(self._each_layer(self.decoder), rngs[1:]):
+            y, w = call(layer, y, rng, return_weights=True)
+            weights.append(w)
         return y, weights
 
     def cross_attention_weights(self, src: Array, tgt_in: Array) -> Array:
@@ -306,14 +336,15 @@ class EncoderDecoder(nnx.Module):
         cfg = self.cfg
         shape = (batch_size, max_len, cfg.num_heads, cfg.d_model // cfg.num_heads)
         return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
-                for _ in self.decoder]
+                for _ in range(cfg.num_decoder_layers)]
 
     def cross_kv(self, encoded: Array) -> list[tuple[Array, Array]]:
         """Cross-attention keys and values of every decoder layer, computed once per source.
 
         encoded: [b, s, d] -> per layer (k, v), each [b, s, h, dh].
         """
-        return [layer.cross_attention.project_kv(encoded) for layer in self.decoder]
+        return [layer.cross_attention.project_kv(encoded)
+                for layer in self._each_layer(self.decoder)]
 
     def decode_step(self, tokens: Array, index: Array, cache: list[layers.KVCache],
                     cross_kv: list[tuple[Array, Array]], src_segments: Array):
@@ -329,12 +360,55 @@ class EncoderDecoder(nnx.Module):
         """
         positions = jnp.full((tokens.shape[0], 1), index, jnp.int32)
         y = self.target_embed(tokens[:, None], positions)                  # [b, 1, d]
-        cross_mask = (src_segments != 0)[:, None, None, :]                  # [b, 1, 1, s]
+        cross_mask = Mask(jnp.ones_like(tokens)[:, None],                  # [b, 1] to [b, s]
+                          (src_segments != 0).astype(jnp.int32))
         new_cache = []
-        for layer, layer_cache, kv in zip(self.decoder, cache, cross_kv):
+        for layer, layer_cache, kv in zip(self._each_layer(self.decoder), cache, cross_kv):
             y, layer_cache = layer.step(y, kv, cross_mask, layer_cache, index)
             new_cache.append(layer_cache)
         return self.logits(y)[:, 0], new_cache
+
+
+def layer_stack(make_layer, count: int, scanned: bool, rngs: nnx.Rngs) -> nnx.Module:
+    """``count`` layers from ``make_layer(rngs)``: a list, or, ``scanned``, one module whose
+    parameters have a leading [count] axis (its logical name None: never sharded)."""
+    if not scanned:
+        return nnx.List([make_layer(rngs) for _ in range(count)])
+
+    @nnx.split_rngs(splits=count)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs):
+        return make_layer(rngs)
+
+    stack = make(rngs)
+    for _, variable in nnx.iter_graph(stack):
+        if isinstance(variable, nnx.Variable) and 'logical_axes' in variable.get_metadata():
+            axes = variable.get_metadata()['logical_axes']
+            variable.set_metadata('logical_axes', (None, *axes))
+    return stack
+
+
+def convert_layers(params: nnx.State, like: nnx.State) -> nnx.State:
+    """``params`` of one model in the layer layout of ``like`` (the params, abstract or not,
+    of the same model with the other ``scan_layers``): stacks or unstacks each layer stack.
+
+    The two compute the same function (a scanned model with converted parameters gives the
+    unrolled model's outputs), so a checkpoint can move between the forms.
+    """
+    pure, target = nnx.to_pure_dict(params), nnx.to_pure_dict(like)
+    for name in ('encoder', 'decoder'):
+        stack, wanted = pure[name], target[name]
+        if (0 in stack) == (0 in wanted):
+            continue  # already in the wanted layout
+        if 0 in stack:  # unrolled {0: layer, 1: layer, ...} -> one stacked layer
+            pure[name] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                      *(stack[i] for i in range(len(stack))))
+        else:
+            count = jax.tree.leaves(stack)[0].shape[0]
+            pure[name] = {i: jax.tree.map(lambda a, i=i: a[i], stack) for i in range(count)}
+    converted = jax.tree.map(lambda x: x, like)  # a copy: replace_by_pure_dict writes in place
+    nnx.replace_by_pure_dict(converted, pure)
+    return converted
 
 
 def count_params(model: nnx.Module | nnx.State) -> int:

@@ -29,6 +29,7 @@ from transformer import (
     checkpoint,
     config_lib,
     datasets,
+    flops,
     input_pipeline,
     losses,
     recase,
@@ -101,10 +102,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                make_model, optimizer, graphdef, abstract, ckpt, mesh, state_sharding)
 
 
-def checked_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-    """Validates ``config`` and returns its device mesh, once the batch is known to split."""
+def checked_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+    """Validates ``config`` and returns its mesh over ``devices`` (default: all), once the
+    batch is known to split."""
     config_lib.validate(config)
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices)
     sharding.check_batch(mesh, config.train.batch_size)
     return mesh
 
@@ -198,6 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_rows = -(-config.eval.batch_size // rows) * rows
     schedule = config_lib.make_schedule(config)
     writer = writers.MetricWriter(run.workdir, enabled=is_chief())
+    utilization = Utilization(config, run.tokenizer.vocab_size, run.mesh.size)
+    profiler = Profiler(os.path.join(run.workdir, 'profile'), t.profile_start, t.profile_steps)
 
     # 4. The loop: step; every log_every steps log, every eval_every evaluate, every
     #    checkpoint_every save. Metric sums stay on device between logs (no per-step sync or
@@ -211,7 +215,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for step in range(start + 1, t.num_steps + 1):
                 local = next(train_iter)
                 tokens += int(np.count_nonzero(local['targets'])) * jax.process_count()
+                profiler.before(step)
                 state, step_sums = train_step(state, sharding.global_batch(local, batch_sharding))
+                profiler.after(step, state)
                 pending.append((step, step_sums))  # no work dispatched per step beyond the step
                 progress.update(1)
                 last = step == t.num_steps
@@ -222,12 +228,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     _check_finite(pending, run.checkpointer)
                 if step % t.log_every == 0 or last:
                     summary = losses.summarize(_total(pending))
-                    summary.update(tokens_per_sec=tokens / (time.perf_counter() - tick),
+                    seconds = time.perf_counter() - tick
+                    summary.update(tokens_per_sec=tokens / seconds,
+                                   mfu=utilization.mfu(len(pending), seconds),
                                    learning_rate=float(schedule(step - 1)))
                     writer.write(step, 'train', summary)
                     progress.set_postfix(loss=f'{summary["loss"]:.3f}',
                                          acc=f'{summary["accuracy"]:.1f}%',
-                                         tok_s=f'{summary["tokens_per_sec"]:,.0f}')
+                                         tok_s=f'{summary["tokens_per_sec"]:,.0f}',
+                                         mfu=f'{summary["mfu"]:.1%}')
                     pending, tokens, tick = [], 0, time.perf_counter()
 
                 if step % t.eval_every == 0 or last:
@@ -245,37 +254,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if stopping:
                     raise TrainingInterrupted(step, stop.signal, run.checkpointer.directory)
     finally:  # also on errors: pending checkpoint writes complete, files are closed
+        profiler.stop()
         progress.close()
         run.checkpointer.close()
         writer.close()
     return val_metrics
 
 
-def compile_train_step(config: ml_collections.ConfigDict):
-    """Compiles the train step for ``config.mesh`` from shapes alone: no data, no weights.
+class Utilization:
+    """Model FLOPs utilization of training steps: ``transformer.flops`` model FLOPs of a
+    step's padded rows over the devices' peak (a data sheet's, or on a CPU a bfloat16
+    matmul measured here at start-up)."""
 
-    So a pod config is known to fit and compile before anyone pays for the pod (with
-    XLA_FLAGS=--xla_force_host_platform_device_count=N a CPU stands in for N devices).
-    Uses ``config.data.vocab_size`` for the vocabulary. Returns the compiled step.
-    """
-    mesh = checked_mesh(config)
-    t, d = config.train, config.data
-    _, optimizer, graphdef, abstract, state_sharding = state_layout(config, mesh, d.vocab_size)
-    batch_sharding = sharding.batch_sharding(mesh)
-    rows = t.batch_size * t.grad_accum_steps
-    fields = {'inputs': d.max_source_length, 'targets': d.max_target_length,
-              'decoder_inputs': d.max_target_length}
-    if d.pack:
-        for side, key in (('inputs', 'inputs'), ('targets', 'targets')):
-            fields.update({f'{side}_segment_ids': fields[key], f'{side}_positions': fields[key]})
-    batch = {k: jax.ShapeDtypeStruct((rows, n), jnp.int32, sharding=batch_sharding)
-             for k, n in fields.items()}
-    step = steps.make_train_step(graphdef, optimizer, label_smoothing=t.label_smoothing,
-                                 dropout_seed=0, grad_accum_steps=t.grad_accum_steps,
-                                 rdrop_alpha=t.rdrop_alpha, state_sharding=state_sharding,
-                                 batch_sharding=batch_sharding)
-    with jax.set_mesh(mesh):
-        return step.jitted.lower(abstract, batch).compile()
+    def __init__(self, config: ml_collections.ConfigDict, vocab_size: int, num_devices: int):
+        d, t = config.data, config.train
+        self.step_flops = flops.train_flops(config_lib.model_config(config, vocab_size),
+                                            d.max_source_length, d.max_target_length,
+                                            t.batch_size * t.grad_accum_steps)
+        peak, source = flops.peak_flops_per_device()
+        self.peak = peak * num_devices
+        log.info('MFU is model FLOPs over %d device(s) x %.3g FLOP/s (%s)', num_devices, peak,
+                 source)
+
+    def mfu(self, num_steps: int, seconds: float) -> float:
+        return num_steps * self.step_flops / seconds / self.peak
+
+
+class Profiler:
+    """A ``jax.profiler`` trace of steps start + 1 .. start + count into ``directory``
+    (TensorBoard's profile plugin reads it; the .trace.json.gz opens in Perfetto)."""
+
+    def __init__(self, directory: str, start: int, count: int):
+        self.directory, self.first, self.last = directory, start + 1, start + count
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if self.last >= self.first == step:
+            jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+            self.active = True
+            log.info('Profiling steps %d to %d into %s', self.first, self.last, self.directory)
+
+    def after(self, step: int, state) -> None:
+        if self.active and step == self.last:
+            jax.block_until_ready(state)  # the trace covers the steps' device work
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
 
 
 def _train_batches(run: Run) -> input_pipeline.ShardedBatches:
