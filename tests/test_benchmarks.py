@@ -72,3 +72,14 @@ def test_a_decoding_case_runs_and_writes_json(tmp_path):
     records = [json.loads(line) for line in out_file.read_text().splitlines()]
     assert [r['case'] for r in records] == ['matmul_peaks', 'greedy_small_float32']
     assert records[0]['peak_gflops_float32'] > 0 and records[1]['tokens_per_s'] > 0
+
+
+def test_the_accelerator_check_times_a_train_case_and_tabulates_it():
+    """benchmarks/accelerator.py on CPU, with the tiny model: the harness a GPU run uses."""
+    from benchmarks import accelerator
+    result = accelerator.train('tiny', 'cudnn', 'dots', rows=2, length=8)
+    assert result['tokens_per_s'] > 0 and result['model_flops'] > 0
+    text = accelerator.table([{'case': 'matmul', 'measured_bf16_flops': 1e12},
+                              {**result, 'case': 'tiny_cudnn_dots'}])
+    assert text.splitlines()[0].startswith('device: cpu; published dense bf16 peak unknown')
+    assert '| tiny_cudnn_dots |' in text

@@ -74,7 +74,9 @@ def test_sharded_train_step_equals_the_one_device_step():
     assert out.returncode == 0, out.stderr[-3000:]
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
     assert [r['mesh'] for r in results] == [dict(data=8, fsdp=1, tensor=1),
+                                            dict(data=2, fsdp=2, tensor=2),
                                             dict(data=2, fsdp=2, tensor=2)]
+    assert results[2]['model'] == {'scan_layers': True, 'remat': 'dots'}
     for r in results:
         assert r['tokens'] == r['ref_tokens']
         assert abs(r['loss'] - r['ref_loss']) <= 1e-5 * abs(r['ref_loss']), r
@@ -82,7 +84,7 @@ def test_sharded_train_step_equals_the_one_device_step():
         assert r['param_diff'] <= 1e-5, r
         assert r['misplaced'] == [], r
     assert results[0]['split_params'] == 0          # data=8: every parameter replicated
-    assert results[1]['split_params'] > 0
+    assert results[1]['split_params'] > 0 and results[2]['split_params'] > 0
 
 
 @pytest.mark.parametrize('variant', ['base'])

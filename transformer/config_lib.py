@@ -9,15 +9,19 @@ place a config becomes a model, an optimizer or a schedule.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 
+import jax
 import ml_collections
 import optax
 from flax import nnx
 
 from transformer import datasets, optim, sharding
 from transformer import model as model_lib
+
+log = logging.getLogger('transformer')
 
 
 class ConfigError(ValueError):
@@ -81,6 +85,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(t.profile_start >= 0, 'train.profile_start', t.profile_start, 'expected >= 0')
     for key in ('log_every', 'eval_every', 'eval_batches', 'checkpoint_every'):
         _check(t[key] > 0, f'train.{key}', t[key], 'expected a positive number of steps')
+    if m.attention_impl == 'cudnn' and jax.default_backend() == 'gpu':
+        _check(m.dtype in ('bfloat16', 'float16'), 'model.attention_impl', m.attention_impl,
+               "cuDNN's fused attention takes bfloat16 or float16 activations; set "
+               "model.dtype='bfloat16' or use model.attention_impl='xla'")
+    if m.attention_impl == 'splash' and jax.default_backend() != 'tpu':
+        log.warning("model.attention_impl='splash' off a TPU runs in the Pallas interpreter: "
+                    "it checks the kernel's numbers at a crawl; use 'xla' for speed.")
     for name, axis in config.mesh.rules.items():
         _check(axis in ('', *sharding.MESH_AXES), f'mesh.rules.{name}', axis,
                f"valid: {', '.join(map(repr, sharding.MESH_AXES))} or '' (replicated)")

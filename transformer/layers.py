@@ -276,26 +276,24 @@ def _splash_attention(q: Array, k: Array, v: Array, mask: Mask) -> Array:
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_mask as splash_mask,
     )
-    b, q_len, h, d_head = q.shape
+    q_len, h, d_head, out_dtype = q.shape[1], q.shape[2], q.shape[3], v.dtype
 
-    def pad(x, length):  # [b, l, ...] -> [b, ceil(l / block) * block, ...], zeros after
-        extra = -length % _SPLASH_BLOCK
-        return jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+    def pad(x):  # [b, l, ...] -> [b, l rounded up to the block, ...], zeros after
+        return jnp.pad(x, [(0, 0), (0, -x.shape[1] % _SPLASH_BLOCK)] + [(0, 0)] * (x.ndim - 2))
 
-    q_pad, k_pad = q_len + -q_len % _SPLASH_BLOCK, k.shape[1] + -k.shape[1] % _SPLASH_BLOCK
-    shape = (q_pad, k_pad)
-    head_mask = splash_mask.CausalMask(shape) if mask.causal else splash_mask.FullMask(shape)
     block = _SPLASH_BLOCK
+    shape = (q_len + -q_len % block, k.shape[1] + -k.shape[1] % block)
+    head_mask = splash_mask.CausalMask(shape) if mask.causal else splash_mask.FullMask(shape)
     kernel = splash.make_splash_mha(
         splash_mask.MultiHeadMask([head_mask] * h),
         block_sizes=splash.BlockSizes(block, block, block, block, block, block, block, block),
         head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != 'tpu')
     # [b, l, h, dh] -> [b, h, l, dh]; the kernel does not scale the queries itself.
-    q = pad(q * jnp.asarray(d_head ** -0.5, q.dtype), q_len).transpose(0, 2, 1, 3)
-    k, v = (pad(x.astype(q.dtype), x.shape[1]).transpose(0, 2, 1, 3) for x in (k, v))
-    segments = splash.SegmentIds(pad(mask.q_segments, q_len), pad(mask.k_segments, mask.k_segments.shape[1]))
+    q = pad(q * jnp.asarray(d_head ** -0.5, q.dtype)).transpose(0, 2, 1, 3)
+    k, v = (pad(x.astype(q.dtype)).transpose(0, 2, 1, 3) for x in (k, v))
+    segments = splash.SegmentIds(pad(mask.q_segments), pad(mask.k_segments))
     out = jax.vmap(kernel)(q, k, v, segments)                   # [b, h, q_pad, dh]
-    return out.transpose(0, 2, 1, 3)[:, :q_len].astype(v.dtype)
+    return out.transpose(0, 2, 1, 3)[:, :q_len].astype(out_dtype)
 
 
 class MultiHeadAttention(nnx.Module):

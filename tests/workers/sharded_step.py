@@ -23,8 +23,10 @@ from transformer import sharding, steps  # noqa: E402
 from transformer.model import EncoderDecoder, ModelConfig  # noqa: E402
 
 jax.config.update('jax_platforms', 'cpu')
-# Pure data parallelism, and all three axes at once.
-MESHES = [dict(data=8, fsdp=1, tensor=1), dict(data=2, fsdp=2, tensor=2)]
+# Pure data parallelism, and all three axes at once; the second also with scanned,
+# rematerialized layers (their stacked parameters gain a leading, unsharded axis).
+CASES = [(dict(data=8, fsdp=1, tensor=1), {}), (dict(data=2, fsdp=2, tensor=2), {}),
+         (dict(data=2, fsdp=2, tensor=2), dict(scan_layers=True, remat='dots'))]
 RULES = default.get_config().mesh.rules.to_dict()
 VOCAB, ROWS, LENGTH = 64, 16, 12
 
@@ -61,7 +63,7 @@ def misplaced(tree, mesh) -> list[str]:
     return wrong
 
 
-def one_step(optimizer, graphdef, mesh=None):
+def one_step(optimizer, make_model, graphdef, mesh=None):
     """One train step from the initial state (dropout on, 2 accumulated micro-batches), on
     ``mesh`` or on one device."""
     kw = dict(label_smoothing=0.1, dropout_seed=1, grad_accum_steps=2)
@@ -80,8 +82,9 @@ def one_step(optimizer, graphdef, mesh=None):
     return step(state, sharding.global_batch(batch, batch_sharding))
 
 
-def make_model():
-    return EncoderDecoder(ModelConfig.make('tiny', VOCAB, dropout_rate=0.1), rngs=nnx.Rngs(0))
+def model_maker(**overrides):
+    cfg = ModelConfig.make('tiny', VOCAB, dropout_rate=0.1, **overrides)
+    return lambda: EncoderDecoder(cfg, rngs=nnx.Rngs(0))
 
 
 def main():
@@ -90,13 +93,18 @@ def main():
     # first step is lr * sign(gradient), where rounding can flip a near-zero entry); the
     # trace is sharded like the parameters, so optimizer-state placement is checked too.
     optimizer = optax.sgd(0.5, momentum=0.9)
-    graphdef, _ = steps.abstract_state(make_model, optimizer)
-    ref, ref_sums = one_step(optimizer, graphdef)
-    for shape in MESHES:
+    references = {}
+    for shape, overrides in CASES:
+        make_model = model_maker(**overrides)
+        graphdef, _ = steps.abstract_state(make_model, optimizer)
+        key = json.dumps(overrides)
+        if key not in references:
+            references[key] = one_step(optimizer, make_model, graphdef)
+        ref, ref_sums = references[key]
         mesh = sharding.make_mesh(shape)
-        new, sums = one_step(optimizer, graphdef, mesh)
+        new, sums = one_step(optimizer, make_model, graphdef, mesh)
         print(json.dumps({
-            'mesh': shape,
+            'mesh': shape, 'model': overrides,
             'loss': float(sums['loss']), 'ref_loss': float(ref_sums['loss']),
             'tokens': float(sums['tokens']), 'ref_tokens': float(ref_sums['tokens']),
             'gradient_diff': max_diff(new.opt_state, ref.opt_state),
