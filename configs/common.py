@@ -44,9 +44,15 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 0.1
     config.model.attention_dropout = 0.0
     config.model.token_dropout = 0.0      # word dropout: P(an input token's embedding is zeroed)
-    config.model.positional = 'sinusoidal'  # or 'learned'
+    config.model.positional = 'sinusoidal'  # or 'learned', or 'rope' (rotary, self-attention)
     config.model.max_len = 256            # positions a learned table covers
     config.model.pre_ln = False           # False: post-LN, as in the paper
+    # Block variants (the defaults are the paper's block; see transformer/layers.py):
+    config.model.norm = 'layernorm'       # or 'rmsnorm'
+    config.model.ffn = 'relu'             # 'relu' | 'gelu' | 'swiglu' | 'geglu' (gated: 2/3 width)
+    config.model.num_kv_heads = 0         # 0 = num_heads (MHA); 1 = multi-query; else grouped
+    config.model.qk_norm = False          # RMSNorm of each head's queries and keys
+    config.model.use_bias = True          # biases of the projections and feed-forward layers
     config.model.share_embeddings = True
     config.model.dtype = 'float32'
     config.model.param_dtype = 'float32'

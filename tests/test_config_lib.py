@@ -1,5 +1,7 @@
 """Config checks and builders (transformer/config_lib.py)."""
 
+import json
+
 import pytest
 
 from configs import default
@@ -53,3 +55,14 @@ def test_word_dropout_rate_outside_0_1_is_refused():
     config.model.token_dropout = 1.0
     with pytest.raises(config_lib.ConfigError, match='config.model.token_dropout=1.0'):
         config_lib.validate(config)
+
+
+def test_a_run_config_written_before_a_field_existed_takes_its_default(tmp_path):
+    config = default.get_config('tiny').to_dict()
+    for section, key in (('model', 'norm'), ('model', 'num_kv_heads'), ('train', 'profile_steps')):
+        del config[section][key]
+    (tmp_path / 'config.json').write_text(json.dumps(config))
+    loaded = config_lib.load_run_config(str(tmp_path))
+    assert (loaded.model.norm, loaded.model.num_kv_heads, loaded.train.profile_steps) == (
+        'layernorm', 0, 0)
+    assert loaded.model.variant == 'tiny'

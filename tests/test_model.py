@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from conftest import VOCAB, make_model, random_tokens
+from transformer import layers
 from transformer.model import (
     EncoderDecoder,
     ModelConfig,
@@ -26,9 +27,15 @@ def test_positional_encoding_equals_the_paper_formula():
             assert pe[pos, 2 * i + 1] == pytest.approx(np.cos(angle), abs=1e-5)
 
 
-@pytest.mark.parametrize('pre_ln', [False, True])
-def test_changing_future_targets_never_changes_earlier_logits(rng, pre_ln):
-    model = make_model(pre_ln=pre_ln)
+# Today's block, every switch at once: pre-RMSNorm, rotary positions, SwiGLU, grouped-query
+# attention with 2 K/V heads for 4 query heads, QK-norm, no biases.
+MODERN = dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu', num_kv_heads=2,
+              qk_norm=True, use_bias=False)
+
+
+@pytest.mark.parametrize('overrides', [{'pre_ln': False}, {'pre_ln': True}, MODERN])
+def test_changing_future_targets_never_changes_earlier_logits(rng, overrides):
+    model = make_model(**overrides)
     src = random_tokens(rng, 3, 6)
     tgt = rng.integers(4, VOCAB, (3, 8)).astype(np.int32)
     base = model(src, tgt)
@@ -38,8 +45,9 @@ def test_changing_future_targets_never_changes_earlier_logits(rng, pre_ln):
         np.testing.assert_allclose(model(src, changed)[:, :t], base[:, :t], atol=1e-5)
 
 
-def test_changing_padded_source_tokens_never_changes_a_real_output(rng):
-    model = make_model()
+@pytest.mark.parametrize('overrides', [{}, MODERN])
+def test_changing_padded_source_tokens_never_changes_a_real_output(rng, overrides):
+    model = make_model(**overrides)
     src = random_tokens(rng, 4, 9, min_len=2)
     tgt = random_tokens(rng, 4, 6)
     base = model(src, tgt)
@@ -67,8 +75,9 @@ def test_cross_attention_weights_are_distributions_over_real_source_tokens(rng):
         model.decode(tgt, encoded, (src != 0).astype(np.int32)), model(src, tgt))
 
 
-def test_packed_rows_equal_the_examples_run_separately(rng):
-    model = make_model()
+@pytest.mark.parametrize('overrides', [{}, MODERN])
+def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
+    model = make_model(**overrides)
     a_src, b_src = rng.integers(4, VOCAB, 3), rng.integers(4, VOCAB, 4)
     a_tgt, b_tgt = rng.integers(4, VOCAB, 5), rng.integers(4, VOCAB, 2)
     packed_src = np.concatenate([a_src, b_src, [0]])[None].astype(np.int32)
@@ -86,7 +95,10 @@ def test_packed_rows_equal_the_examples_run_separately(rng):
 
 @pytest.mark.parametrize('overrides', [{}, {'pre_ln': True}, {'share_embeddings': False},
                                        {'positional': 'learned'}, {'scan_layers': True},
-                                       {'attention_impl': 'cudnn', 'remat': 'dots'}])
+                                       {'attention_impl': 'cudnn', 'remat': 'dots'}, MODERN,
+                                       {'ffn': 'gelu', 'num_kv_heads': 1, 'norm': 'rmsnorm'},
+                                       {'ffn': 'geglu', 'qk_norm': True, 'positional': 'rope',
+                                        'scan_layers': True}])
 def test_cached_step_by_step_decoding_equals_full_forward(rng, overrides):
     model = make_model(**overrides)
     src = random_tokens(rng, 3, 7, min_len=2)
@@ -156,11 +168,59 @@ def test_mixed_precision_model_tracks_float32_and_trains_float32_parameters(rng)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(grads))
 
 
-def _expected_params(vocab, d, ff, n_enc, n_dec):
-    attention = 4 * d * d + 3 * d  # query, key, value, output kernels; no key bias
-    ffn = d * ff + ff + ff * d + d
-    norm = 2 * d
-    return vocab * d + n_enc * (attention + ffn + 2 * norm) + n_dec * (2 * attention + ffn + 3 * norm)
+def _expected_params(vocab, d, ff, n_enc, n_dec, *, heads=1, kv_heads=0, gated=False,
+                     bias=True, rms=False, qk_norm=False, pre_ln=False):
+    """The closed form: every weight of the described architecture, counted by hand."""
+    kv = d * (kv_heads or heads) // heads                    # K/V projection width
+    attention = 2 * d * d + 2 * d * kv + (2 * d + kv if bias else 0)   # no key bias
+    attention += 2 * (d // heads) if qk_norm else 0          # one RMSNorm scale per q and k
+    width = round(2 * ff / 3 / 8) * 8 if gated else ff
+    ffn = (3 if gated else 2) * d * width + ((2 if gated else 1) * width + d if bias else 0)
+    norm = d if rms else 2 * d
+    final = 2 * norm if pre_ln else 0
+    return (vocab * d + n_enc * (attention + ffn + 2 * norm)
+            + n_dec * (2 * attention + ffn + 3 * norm) + final)
+
+
+@pytest.mark.parametrize('overrides', [{}, MODERN, {'ffn': 'geglu', 'num_kv_heads': 1},
+                                       {'use_bias': False, 'norm': 'rmsnorm'}])
+def test_parameter_counts_equal_their_closed_forms(overrides):
+    cfg = ModelConfig.make('base', 37000, **overrides)
+    count = count_params(nnx.eval_shape(lambda: EncoderDecoder(cfg, rngs=nnx.Rngs(0))))
+    assert count == _expected_params(
+        37000, 512, 2048, 6, 6, heads=8, kv_heads=cfg.num_kv_heads, gated=cfg.ffn == 'swiglu'
+        or cfg.ffn == 'geglu', bias=cfg.use_bias, rms=cfg.norm == 'rmsnorm',
+        qk_norm=cfg.qk_norm, pre_ln=cfg.pre_ln)
+    if cfg.ffn == 'swiglu':  # the gated layer's 2/3 width keeps its size within 1%
+        plain = count_params(nnx.eval_shape(lambda: EncoderDecoder(
+            ModelConfig.make('base', 37000, **dict(MODERN, ffn='relu')), rngs=nnx.Rngs(0))))
+        assert abs(count - plain) / plain < 0.01
+
+
+def test_grouped_query_attention_with_as_many_kv_heads_is_multi_head_attention(rng):
+    src, tgt = random_tokens(rng, 2, 6), random_tokens(rng, 2, 5)
+    np.testing.assert_array_equal(make_model(num_kv_heads=4)(src, tgt), make_model()(src, tgt))
+
+
+@pytest.mark.parametrize('kv_heads', [1, 2])
+def test_the_kv_cache_shrinks_by_heads_over_kv_heads(kv_heads):
+    full, grouped = (make_model(**kw).init_cache(3, 10) for kw in ({}, {'num_kv_heads': kv_heads}))
+    assert full[0]['k'].size == grouped[0]['k'].size * 4 // kv_heads
+    assert grouped[0]['v'].shape == (3, 10, kv_heads, 8)
+
+
+def test_rotary_attention_scores_depend_only_on_the_offset(rng):
+    q = jnp.asarray(rng.normal(size=(1, 1, 2, 8)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(1, 1, 2, 8)), jnp.float32)
+
+    def score(m, n):
+        at = lambda x, p: layers.rotary(x, jnp.full((1, 1), p))  # noqa: E731
+        return jnp.einsum('bqhd,bkhd->bhqk', at(q, m), at(k, n))
+
+    for m, n in ((3, 1), (7, 7), (2, 9)):
+        for shift in (1, 5, 40):
+            np.testing.assert_allclose(score(m + shift, n + shift), score(m, n), atol=1e-4)
+    assert not np.allclose(score(3, 1), score(3, 2), atol=1e-3)  # the offset matters
 
 
 @pytest.mark.parametrize('variant,paper', [('base', 65e6), ('big', 213e6)])

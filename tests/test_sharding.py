@@ -76,7 +76,7 @@ def test_sharded_train_step_equals_the_one_device_step():
     assert [r['mesh'] for r in results] == [dict(data=8, fsdp=1, tensor=1),
                                             dict(data=2, fsdp=2, tensor=2),
                                             dict(data=2, fsdp=2, tensor=2)]
-    assert results[2]['model'] == {'scan_layers': True, 'remat': 'dots'}
+    assert results[2]['model']['scan_layers'] and results[2]['model']['ffn'] == 'swiglu'
     for r in results:
         assert r['tokens'] == r['ref_tokens']
         assert abs(r['loss'] - r['ref_loss']) <= 1e-5 * abs(r['ref_loss']), r

@@ -114,7 +114,8 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
         max_len=m.max_len, positional=m.positional, pre_ln=m.pre_ln,
         share_embeddings=m.share_embeddings, dtype=m.dtype,
         param_dtype=m.param_dtype, matmul_dtype=m.matmul_dtype or None,
-        attention_impl=m.attention_impl, remat=m.remat, scan_layers=m.scan_layers)
+        attention_impl=m.attention_impl, remat=m.remat, scan_layers=m.scan_layers, norm=m.norm,
+        ffn=m.ffn, num_kv_heads=m.num_kv_heads, qk_norm=m.qk_norm, use_bias=m.use_bias)
 
 
 def make_model(config: ml_collections.ConfigDict,
@@ -141,6 +142,18 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                                 grad_clip_norm=t.grad_clip_norm or None)
 
 
+def _fill_defaults(saved: dict, defaults: dict, prefix: str = '') -> list[str]:
+    """Adds to ``saved`` (in place) each field of ``defaults`` it lacks; returns their names."""
+    added = []
+    for key, value in defaults.items():
+        if key not in saved:
+            saved[key] = value
+            added.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(saved[key], dict) and key != 'rules':
+            added += _fill_defaults(saved[key], value, f'{prefix}{key}.')
+    return added
+
+
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     """The resolved config a run wrote into its workdir (``config.json``)."""
     if not os.path.isdir(workdir):
@@ -151,7 +164,14 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f'{workdir} is not a training workdir (no config.json); train '
                                 f'first: python train.py --config CONFIG --workdir {workdir}')
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    # A field added after the run was written takes its default, which is what the code did
+    # before the field existed (every switch defaults to the earlier behaviour).
+    from configs.common import base_config
+    added = _fill_defaults(saved, base_config().to_dict())
+    if added:
+        log.info('%s predates config fields %s: using their defaults.', path, ', '.join(added))
+    config = ml_collections.ConfigDict(saved)
     try:
         validate(config)
     except (AttributeError, KeyError) as e:

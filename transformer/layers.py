@@ -22,6 +22,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from transformer.sharding import constrain_batch
@@ -234,11 +235,14 @@ def attend(q: Array, k: Array, v: Array, mask: Mask | Array, impl: str = 'xla', 
     composition elsewhere. 'splash': the Pallas splash-attention kernel, native on TPU and
     run by the Pallas interpreter elsewhere (to check its numbers, not for speed).
 
-    q: [b, q, h, dh]; k, v: [b, k, h, dh] -> [b, q, h, dh] in the dtype of ``v``. ``mask``:
+    q: [b, q, h, dh]; k, v: [b, k, g, dh] with g dividing h (g < h: grouped-query attention,
+    each K/V head serving h / g query heads) -> [b, q, h, dh] in the dtype of ``v``. ``mask``:
     a ``Mask``, or any boolean array broadcastable to [b, h, q, k] ('xla' and 'cudnn' only).
     Outputs at padding queries (segment 0) differ between implementations: nothing reads them.
     """
     dense = mask.dense() if isinstance(mask, Mask) else mask
+    if impl != 'cudnn' and k.shape[2] != q.shape[2]:  # grouped-query: share each K/V head
+        k, v = (jnp.repeat(x, q.shape[2] // k.shape[2], axis=2) for x in (k, v))
     if impl == 'xla':
         return dot_product_attention(q, k, v, dense, dropout_rate=dropout_rate,
                                      dropout_rng=dropout_rng)
@@ -296,6 +300,33 @@ def _splash_attention(q: Array, k: Array, v: Array, mask: Mask) -> Array:
     return out.transpose(0, 2, 1, 3)[:, :q_len].astype(out_dtype)
 
 
+def rotary(x: Array, positions: Array, base: float = 10000.0) -> Array:
+    """Rotary position embedding (Su et al., 2021): x [b, l, h, dh], positions [b, l].
+
+    Channel i of the first half and channel i of the second half form a pair, rotated by
+    the angle position * base^(-2i / dh). A query at position m and a key at position n
+    then score q R(m)^T R(n) k = q R(n - m) k: attention sees only their offset.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = jnp.asarray(base ** (-np.arange(half) * 2.0 / x.shape[-1]), jnp.float32)
+    angles = positions[:, :, None, None].astype(jnp.float32) * inv_freq      # [b, l, 1, dh/2]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+
+
+def norm_layer(kind: str, features: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs,
+               axis: str = 'embed') -> nnx.Module:
+    """LayerNorm (scale and bias) or RMSNorm (scale only) over the last axis, epsilon 1e-6,
+    its parameters' axis named ``axis``."""
+    meta = {'logical_axes': (axis,)}
+    if kind == 'rmsnorm':
+        return nnx.RMSNorm(features, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
+                           rngs=rngs, scale_metadata=meta)
+    return nnx.LayerNorm(features, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                         scale_metadata=meta, bias_metadata=meta)
+
+
 class MultiHeadAttention(nnx.Module):
     """Multi-head attention (section 3.2.2): h parallel heads of size d_model / h.
 
@@ -305,41 +336,64 @@ class MultiHeadAttention(nnx.Module):
     """
 
     def __init__(self, d_model: int, num_heads: int, *, attention_dropout: float = 0.0,
-                 attention_impl: str = 'xla', dtype: Any = jnp.float32,
+                 attention_impl: str = 'xla', num_kv_heads: int = 0, qk_norm: bool = False,
+                 rope: bool = False, use_bias: bool = True, dtype: Any = jnp.float32,
                  param_dtype: Any = jnp.float32, matmul_dtype: Any = None, rngs: nnx.Rngs):
-        if d_model % num_heads:
-            raise ValueError(f'd_model={d_model} is not divisible by num_heads={num_heads}')
+        num_kv_heads = num_kv_heads or num_heads
+        if d_model % num_heads or num_heads % num_kv_heads:
+            raise ValueError(f'd_model={d_model}, num_heads={num_heads}, num_kv_heads='
+                             f'{num_kv_heads}: heads must divide d_model, K/V heads the heads')
         d_head = d_model // num_heads
         kw = dict(dtype=dtype, param_dtype=param_dtype, matmul_dtype=matmul_dtype, rngs=rngs)
-        in_shape, in_axes = (d_model, num_heads, d_head), ('embed', 'heads', 'kv')
-        self.query = Projection(in_shape, 1, in_axes, **kw)
+        axes = ('embed', 'heads', 'kv')
+        self.query = Projection((d_model, num_heads, d_head), 1, axes, use_bias=use_bias, **kw)
         # No key bias: it adds q.b to every score of a query alike, which softmax ignores,
         # so its gradient is exactly zero and Adam would only turn rounding noise into steps.
-        self.key = Projection(in_shape, 1, in_axes, use_bias=False, **kw)
-        self.value = Projection(in_shape, 1, in_axes, **kw)
-        self.out = Projection((num_heads, d_head, d_model), 2, ('heads', 'kv', 'embed'), **kw)
+        self.key = Projection((d_model, num_kv_heads, d_head), 1, axes, use_bias=False, **kw)
+        self.value = Projection((d_model, num_kv_heads, d_head), 1, axes, use_bias=use_bias, **kw)
+        self.out = Projection((num_heads, d_head, d_model), 2, ('heads', 'kv', 'embed'),
+                              use_bias=use_bias, **kw)
+        # QK-norm: RMSNorm of each head's query and key, which bounds the logits.
+        self.query_norm, self.key_norm = ((norm_layer('rmsnorm', d_head, dtype, param_dtype,
+                                                      rngs, axis='kv') for _ in range(2))
+                                          if qk_norm else (None, None))
+        self.rope = rope
         self.attention_dropout = attention_dropout
         self.attention_impl = attention_impl
 
-    def project_kv(self, x: Array) -> tuple[Array, Array]:
-        """[b, k, d] -> keys and values, each [b, k, h, dh]."""
-        return self.key(x), self.value(x)
+    def _position(self, x: Array, norm, positions: Array | None) -> Array:
+        """QK-norm and rotary positions (when on) of projected queries or keys [b, l, h, dh]."""
+        if norm is not None:
+            x = norm(x)
+        return rotary(x, positions) if self.rope else x
+
+    def queries(self, x: Array, positions: Array | None = None) -> Array:
+        """[b, q, d] -> [b, q, h, dh]; ``positions`` [b, q] are needed with rotary positions."""
+        return self._position(self.query(x), self.query_norm, positions)
+
+    def project_kv(self, x: Array, positions: Array | None = None) -> tuple[Array, Array]:
+        """[b, k, d] -> keys and values, each [b, k, g, dh] (g = K/V heads)."""
+        return self._position(self.key(x), self.key_norm, positions), self.value(x)
 
     def __call__(self, x: Array, mask: Mask | Array, *, kv: tuple[Array, Array] | None = None,
-                 dropout_rng: Array | None = None, return_weights: bool = False):
-        """Attends from ``x`` [b, q, d] to ``kv`` (default: self-attention over ``x``).
+                 positions: Array | None = None, dropout_rng: Array | None = None,
+                 return_weights: bool = False):
+        """Attends from ``x`` [b, q, d] to ``kv`` (default: self-attention over ``x``, at
+        ``positions`` [b, q] when positions are rotary).
 
         Returns [b, q, d] (and the [b, h, q, k] attention weights if asked; those come from
         the einsum path whatever ``attention_impl`` is).
         """
-        k, v = self.project_kv(x) if kv is None else kv
+        k, v = self.project_kv(x, positions) if kv is None else kv
+        q = self.queries(x, positions)
         if return_weights:
             dense = mask.dense() if isinstance(mask, Mask) else mask
+            k, v = (jnp.repeat(a, q.shape[2] // a.shape[2], axis=2) for a in (k, v))
             out, weights = dot_product_attention(
-                self.query(x), k, v, dense, dropout_rate=self.attention_dropout,
+                q, k, v, dense, dropout_rate=self.attention_dropout,
                 dropout_rng=dropout_rng, return_weights=True)
             return self.out(out), weights
-        return self.out(attend(self.query(x), k, v, mask, self.attention_impl,
+        return self.out(attend(q, k, v, mask, self.attention_impl,
                                dropout_rate=self.attention_dropout, dropout_rng=dropout_rng))
 
     def attend_cached(self, x: Array, cache: KVCache, index: Array) -> tuple[Array, KVCache]:
@@ -347,32 +401,55 @@ class MultiHeadAttention(nnx.Module):
 
         Args:
           x: [b, 1, d], the input at position ``index``.
-          cache: keys and values of positions < index, each [b, L, h, dh].
+          cache: keys and values of positions < index, each [b, L, g, dh].
           index: scalar int, the position being decoded.
         Returns:
           [b, 1, d] output and the cache with this position's key and value written in.
         """
-        k, v = self.project_kv(x)
+        positions = jnp.full((x.shape[0], 1), index, jnp.int32)
+        k, v = self.project_kv(x, positions)
         cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), index, 1),
                  'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), index, 1)}
         # Positions after ``index`` hold zeros (or stale values): mask them out.
         visible = jnp.arange(cache['k'].shape[1]) <= index  # [L]
-        out = dot_product_attention(self.query(x), cache['k'], cache['v'], visible[None, None, None, :])
+        out = attend(self.queries(x, positions), cache['k'], cache['v'],
+                     visible[None, None, None, :])
         return self.out(out), cache
 
 
-class FeedForward(nnx.Module):
-    """Position-wise feed-forward network, max(0, x W1 + b1) W2 + b2 (section 3.3)."""
+# Feed-forward activations; the gated ones (Shazeer, 2020) multiply act(x W_gate) by x W_in.
+ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'swiglu': jax.nn.silu,
+               'geglu': jax.nn.gelu}
+GATED = ('swiglu', 'geglu')
 
-    def __init__(self, d_model: int, d_ff: int, *, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, matmul_dtype: Any = None, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, matmul_dtype=matmul_dtype, rngs=rngs)
-        self.wi = Projection((d_model, d_ff), 1, ('embed', 'mlp'), **kw)
-        self.wo = Projection((d_ff, d_model), 1, ('mlp', 'embed'), **kw)
+
+def ffn_width(ffn: str, d_ff: int) -> int:
+    """Hidden units of the feed-forward layer: ``d_ff``, or for a gated one 2/3 of it rounded
+    to a multiple of 8, so its three matrices hold about as many parameters as the two of
+    the ungated layer (3 x 2/3 = 2)."""
+    return max(8, round(2 * d_ff / 3 / 8) * 8) if ffn in GATED else d_ff
+
+
+class FeedForward(nnx.Module):
+    """Position-wise feed-forward network, max(0, x W1 + b1) W2 + b2 (section 3.3); or with
+    GELU, or gated: (act(x W_gate) * x W1) W2."""
+
+    def __init__(self, d_model: int, d_ff: int, *, ffn: str = 'relu', use_bias: bool = True,
+                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                 matmul_dtype: Any = None, rngs: nnx.Rngs):
+        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                  matmul_dtype=matmul_dtype, rngs=rngs)
+        width = ffn_width(ffn, d_ff)
+        self.wi = Projection((d_model, width), 1, ('embed', 'mlp'), **kw)
+        self.wi_gate = Projection((d_model, width), 1, ('embed', 'mlp'), **kw) if ffn in GATED else None
+        self.wo = Projection((width, d_model), 1, ('mlp', 'embed'), **kw)
+        self.activation = ACTIVATIONS[ffn]
 
     def __call__(self, x: Array) -> Array:
         """[b, l, d] -> [b, l, d]."""
-        return self.wo(jax.nn.relu(self.wi(x)))
+        if self.wi_gate is None:
+            return self.wo(self.activation(self.wi(x)))
+        return self.wo(self.activation(self.wi_gate(x)) * self.wi(x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,22 +462,30 @@ class BlockConfig:
     attention_dropout: float = 0.0
     pre_ln: bool = False
     attention_impl: str = 'xla'     # see ``attend``
+    norm: str = 'layernorm'         # or 'rmsnorm'
+    ffn: str = 'relu'               # a key of ACTIVATIONS
+    num_kv_heads: int = 0           # K/V heads of self- and cross-attention; 0 = num_heads
+    qk_norm: bool = False
+    rope: bool = False              # rotary positions in self-attention
+    use_bias: bool = True           # biases of the projections and feed-forward layers
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     matmul_dtype: Any = None        # operands of the projections' matmuls; None = dtype
 
 
-def attention_layer(cfg: BlockConfig, rngs: nnx.Rngs) -> MultiHeadAttention:
-    return MultiHeadAttention(cfg.d_model, cfg.num_heads, attention_dropout=cfg.attention_dropout,
-                              attention_impl=cfg.attention_impl, dtype=cfg.dtype,
-                              param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype, rngs=rngs)
+def attention_layer(cfg: BlockConfig, rngs: nnx.Rngs, *, cross: bool = False
+                    ) -> MultiHeadAttention:
+    """Self-attention (rotary if ``cfg.rope``) or, ``cross``, encoder-decoder attention."""
+    return MultiHeadAttention(
+        cfg.d_model, cfg.num_heads, attention_dropout=cfg.attention_dropout,
+        attention_impl=cfg.attention_impl, num_kv_heads=cfg.num_kv_heads, qk_norm=cfg.qk_norm,
+        rope=cfg.rope and not cross, use_bias=cfg.use_bias, dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype, rngs=rngs)
 
 
-def layer_norm(d_model: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm over the last axis (epsilon 1e-6), its scale and bias named 'embed'."""
-    meta = {'logical_axes': ('embed',)}
-    return nnx.LayerNorm(d_model, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                         scale_metadata=meta, bias_metadata=meta)
+def feed_forward(cfg: BlockConfig, rngs: nnx.Rngs) -> FeedForward:
+    return FeedForward(cfg.d_model, cfg.d_ff, ffn=cfg.ffn, use_bias=cfg.use_bias, dtype=cfg.dtype,
+                       param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype, rngs=rngs)
 
 
 class Residual(nnx.Module):
@@ -412,7 +497,7 @@ class Residual(nnx.Module):
     """
 
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
-        self.norm = layer_norm(cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
+        self.norm = norm_layer(cfg.norm, cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
         self.pre_ln = cfg.pre_ln
         self.rate = cfg.dropout_rate
 
@@ -426,17 +511,17 @@ class EncoderLayer(nnx.Module):
     """Self-attention then feed-forward, each wrapped in ``Residual`` (section 3.1)."""
 
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
-        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype,
-                  rngs=rngs)
         self.self_attention = attention_layer(cfg, rngs)
-        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, **kw)
+        self.feed_forward = feed_forward(cfg, rngs)
         self.attention_block = Residual(cfg, rngs=rngs)
         self.ff_block = Residual(cfg, rngs=rngs)
 
-    def __call__(self, x: Array, mask: Mask, dropout_rng: Array | None = None) -> Array:
-        """x: [b, s, d]; mask: over [b, s] source segments -> [b, s, d]."""
+    def __call__(self, x: Array, mask: Mask, dropout_rng: Array | None = None,
+                 positions: Array | None = None) -> Array:
+        """x: [b, s, d]; mask: over [b, s] source segments; positions: [b, s] -> [b, s, d]."""
         r = split_rng(dropout_rng, 3)
-        x = self.attention_block(x, lambda y: self.self_attention(y, mask, dropout_rng=r[0]), r[1])
+        x = self.attention_block(
+            x, lambda y: self.self_attention(y, mask, positions=positions, dropout_rng=r[0]), r[1])
         return constrain_batch(self.ff_block(x, self.feed_forward, r[2]))
 
 
@@ -444,22 +529,21 @@ class DecoderLayer(nnx.Module):
     """Causal self-attention, cross-attention to the encoder, feed-forward (section 3.1)."""
 
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
-        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, matmul_dtype=cfg.matmul_dtype,
-                  rngs=rngs)
         self.self_attention = attention_layer(cfg, rngs)
-        self.cross_attention = attention_layer(cfg, rngs)
-        self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, **kw)
+        self.cross_attention = attention_layer(cfg, rngs, cross=True)
+        self.feed_forward = feed_forward(cfg, rngs)
         self.self_block = Residual(cfg, rngs=rngs)
         self.cross_block = Residual(cfg, rngs=rngs)
         self.ff_block = Residual(cfg, rngs=rngs)
 
     def __call__(self, y: Array, cross_kv: tuple[Array, Array], self_mask: Mask,
                  cross_mask: Mask, dropout_rng: Array | None = None, *,
-                 return_weights: bool = False):
+                 positions: Array | None = None, return_weights: bool = False):
         """Full-sequence pass (training, scoring).
 
         y: [b, t, d]; cross_kv: encoder keys/values, each [b, s, h, dh];
-        self_mask: causal over [b, t] target segments; cross_mask: target to source segments.
+        self_mask: causal over [b, t] target segments; cross_mask: target to source segments;
+        positions: [b, t] (read by rotary self-attention).
         Returns [b, t, d] (and the [b, h, t, s] cross-attention weights if asked).
         """
         r = split_rng(dropout_rng, 5)
@@ -473,7 +557,9 @@ class DecoderLayer(nnx.Module):
             weights.append(out[1])
             return out[0]
 
-        y = self.self_block(y, lambda z: self.self_attention(z, self_mask, dropout_rng=r[0]), r[1])
+        y = self.self_block(
+            y, lambda z: self.self_attention(z, self_mask, positions=positions, dropout_rng=r[0]),
+            r[1])
         y = self.cross_block(y, cross_attend, r[3])
         y = constrain_batch(self.ff_block(y, self.feed_forward, r[4]))
         return (y, weights[0]) if return_weights else y

@@ -36,7 +36,8 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-POSITIONAL = ('sinusoidal', 'learned')
+POSITIONAL = ('sinusoidal', 'learned', 'rope')
+NORMS = ('layernorm', 'rmsnorm')
 # Rematerialization: which activations of a layer the backward pass keeps (the rest it
 # recomputes from the layer's input). 'dots' keeps the outputs of the projection and
 # feed-forward matmuls and recomputes attention, softmax, normalization and dropout.
@@ -64,8 +65,15 @@ class ModelConfig:
     # translate around missing words.
     token_dropout: float = 0.0
     max_len: int = 256                 # longest position the learned table covers
-    positional: str = 'sinusoidal'     # 'sinusoidal' (section 3.5) or 'learned'
+    # 'sinusoidal' (section 3.5), 'learned', or 'rope': rotary positions in self-attention
+    # (queries and keys), no absolute encoding added to the embeddings.
+    positional: str = 'sinusoidal'
     pre_ln: bool = False               # False: post-LN as in the paper
+    norm: str = 'layernorm'            # or 'rmsnorm'
+    ffn: str = 'relu'                  # 'relu' | 'gelu' | 'swiglu' | 'geglu' (layers.ffn_width)
+    num_kv_heads: int = 0              # 0: as many as query heads; 1: multi-query; else grouped
+    qk_norm: bool = False              # RMSNorm of each head's queries and keys
+    use_bias: bool = True              # biases of the projections and feed-forward layers
     share_embeddings: bool = True      # one matrix for source, target and output (3.4)
     dtype: Any = jnp.float32           # compute dtype
     param_dtype: Any = jnp.float32
@@ -99,6 +107,14 @@ class ModelConfig:
         problem = layers.attention_impl_problem(self.attention_impl, self.attention_dropout)
         if problem:
             raise _invalid('attention_impl', self.attention_impl, problem)
+        if self.norm not in NORMS:
+            raise _invalid('norm', self.norm, f'expected one of {NORMS}')
+        if self.ffn not in layers.ACTIVATIONS:
+            raise _invalid('ffn', self.ffn, f'expected one of {tuple(layers.ACTIVATIONS)}')
+        if not (0 <= self.num_kv_heads <= self.num_heads
+                and self.num_heads % (self.num_kv_heads or self.num_heads) == 0):
+            raise _invalid('num_kv_heads', self.num_kv_heads,
+                           f'expected 0 (= num_heads) or a divisor of num_heads={self.num_heads}')
         if self.remat not in REMAT_POLICIES:
             raise _invalid('remat', self.remat, f'expected one of {tuple(REMAT_POLICIES)}')
         for key in ('dropout_rate', 'attention_dropout', 'token_dropout'):
@@ -106,9 +122,11 @@ class ModelConfig:
                 raise _invalid(key, getattr(self, key), 'expected 0 <= rate < 1')
 
     def block(self) -> layers.BlockConfig:
-        return layers.BlockConfig(self.d_model, self.d_ff, self.num_heads, self.dropout_rate,
-                                  self.attention_dropout, self.pre_ln, self.attention_impl,
-                                  self.dtype, self.param_dtype, self.matmul_dtype)
+        return layers.BlockConfig(
+            self.d_model, self.d_ff, self.num_heads, self.dropout_rate, self.attention_dropout,
+            self.pre_ln, self.attention_impl, self.norm, self.ffn, self.num_kv_heads,
+            self.qk_norm, self.positional == 'rope', self.use_bias, self.dtype, self.param_dtype,
+            self.matmul_dtype)
 
 
 def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
@@ -155,10 +173,11 @@ class Embedder(nnx.Module):
         init = normal_init(cfg.d_model ** -0.5)
         self.table = nnx.Param(init(rngs.params(), (cfg.vocab_size, cfg.d_model), cfg.param_dtype),
                                logical_axes=('vocab', 'embed'))
-        self.positions = None if cfg.positional == 'sinusoidal' else nnx.Param(
+        self.positions = None if cfg.positional != 'learned' else nnx.Param(
             normal_init(0.02)(rngs.params(), (cfg.max_len, cfg.d_model), cfg.param_dtype),
             logical_axes=('length', 'embed'))
         self.d_model = cfg.d_model
+        self.absolute_positions = cfg.positional != 'rope'
         self.token_dropout = cfg.token_dropout
         self.dtype = cfg.dtype
         self.matmul_dtype = cfg.matmul_dtype
@@ -175,6 +194,8 @@ class Embedder(nnx.Module):
             keep = jax.random.bernoulli(word_dropout_rng, 1.0 - self.token_dropout,
                                         tokens.shape)  # [b, l]
             x = x * keep[..., None].astype(x.dtype)
+        if not self.absolute_positions:  # rotary: positions enter in self-attention
+            return x.astype(self.dtype)
         if self.positions is None:
             pe = sinusoidal_encoding(positions, self.d_model)
         else:
@@ -204,10 +225,10 @@ class EncoderDecoder(nnx.Module):
                                    cfg.num_encoder_layers, cfg.scan_layers, rngs)
         self.decoder = layer_stack(lambda r: layers.DecoderLayer(block, rngs=r),
                                    cfg.num_decoder_layers, cfg.scan_layers, rngs)
-        norm = (cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
+        norm = (cfg.norm, cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
         # Pre-LN leaves the residual stream unnormalised: normalise each stack's output.
-        self.encoder_norm = layers.layer_norm(*norm) if cfg.pre_ln else None
-        self.decoder_norm = layers.layer_norm(*norm) if cfg.pre_ln else None
+        self.encoder_norm = layers.norm_layer(*norm) if cfg.pre_ln else None
+        self.decoder_norm = layers.norm_layer(*norm) if cfg.pre_ln else None
 
     # -- full-sequence passes ------------------------------------------------------------
 
@@ -230,7 +251,8 @@ class EncoderDecoder(nnx.Module):
         rngs = layers.split_rng(dropout_rng, self.cfg.num_encoder_layers + 1)
         x = self._embed(self.source_embed, src, src_positions, rngs[0])
         mask = Mask(src_segments, src_segments)
-        x = self._run_stack(self.encoder, x, rngs[1:], lambda layer, x, rng: layer(x, mask, rng))
+        x = self._run_stack(self.encoder, x, rngs[1:],
+                            lambda layer, x, rng: layer(x, mask, rng, src_positions))
         return x if self.encoder_norm is None else self.encoder_norm(x)
 
     def _run_stack(self, stack, x: Array, rngs: list, call) -> Array:
@@ -286,7 +308,7 @@ class EncoderDecoder(nnx.Module):
 
         def call(layer, y, rng, **kwargs):
             return layer(y, layer.cross_attention.project_kv(encoded), self_mask, cross_mask,
-                         rng, **kwargs)
+                         rng, positions=tgt_positions, **kwargs)
 
         if not return_weights:
             return self._run_stack(self.decoder, y, rngs[1:], call), []
@@ -332,9 +354,10 @@ class EncoderDecoder(nnx.Module):
     # -- incremental decoding ------------------------------------------------------------
 
     def init_cache(self, batch_size: int, max_len: int) -> list[layers.KVCache]:
-        """Empty self-attention caches, one per decoder layer, each [b, max_len, h, dh]."""
+        """Empty self-attention caches, one per decoder layer, each [b, max_len, g, dh] for
+        g K/V heads (``num_kv_heads``, or all heads)."""
         cfg = self.cfg
-        shape = (batch_size, max_len, cfg.num_heads, cfg.d_model // cfg.num_heads)
+        shape = (batch_size, max_len, cfg.num_kv_heads or cfg.num_heads, cfg.d_model // cfg.num_heads)
         return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
                 for _ in range(cfg.num_decoder_layers)]
 

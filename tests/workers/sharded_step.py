@@ -23,10 +23,13 @@ from transformer import sharding, steps  # noqa: E402
 from transformer.model import EncoderDecoder, ModelConfig  # noqa: E402
 
 jax.config.update('jax_platforms', 'cpu')
-# Pure data parallelism, and all three axes at once; the second also with scanned,
-# rematerialized layers (their stacked parameters gain a leading, unsharded axis).
+# Pure data parallelism, and all three axes at once; the second also with today's block
+# (every variant switch) in scanned, rematerialized layers (stacked parameters gain a
+# leading, unsharded axis).
+MODERN = dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu', num_kv_heads=2,
+              qk_norm=True, use_bias=False)
 CASES = [(dict(data=8, fsdp=1, tensor=1), {}), (dict(data=2, fsdp=2, tensor=2), {}),
-         (dict(data=2, fsdp=2, tensor=2), dict(scan_layers=True, remat='dots'))]
+         (dict(data=2, fsdp=2, tensor=2), dict(MODERN, scan_layers=True, remat='dots'))]
 RULES = default.get_config().mesh.rules.to_dict()
 VOCAB, ROWS, LENGTH = 64, 16, 12
 
