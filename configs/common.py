@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.num_kv_heads = 0         # 0 = num_heads (MHA); 1 = multi-query; else grouped
     config.model.qk_norm = False          # RMSNorm of each head's queries and keys
     config.model.use_bias = True          # biases of the projections and feed-forward layers
+    # 'decoder_only': one stack of encoder + decoder layers over "source, target"; prefix_lm:
+    # the source attends to itself bidirectionally (else everything is causal).
+    config.model.architecture = 'encoder_decoder'
+    config.model.prefix_lm = False
     config.model.share_embeddings = True
     config.model.dtype = 'float32'
     config.model.param_dtype = 'float32'

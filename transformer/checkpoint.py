@@ -174,8 +174,8 @@ class Checkpointer:
         problems += [f'  {name}: in the checkpoint, not in the model' for name in extra]
         if differ and not params_differ and not extra:
             problems.append('  (only the optimizer state differs: was the optimizer changed?)')
-        scanned = [not any(name.startswith('params.encoder.0.') for name in names)
-                   for names in (saved, wanted)]
+        scanned = [not any(name.startswith(('params.encoder.0.', 'params.decoder.0.'))
+                           for name in names) for names in (saved, wanted)]
         if problems and scanned[0] != scanned[1]:
             form = {True: 'scanned (model.scan_layers=True)',
                     False: 'unrolled (model.scan_layers=False)'}

@@ -20,6 +20,7 @@ from flax import nnx
 
 from transformer import datasets, optim, sharding
 from transformer import model as model_lib
+from transformer.decoder_only import DecoderOnly
 
 log = logging.getLogger('transformer')
 
@@ -115,17 +116,21 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> model_li
         share_embeddings=m.share_embeddings, dtype=m.dtype,
         param_dtype=m.param_dtype, matmul_dtype=m.matmul_dtype or None,
         attention_impl=m.attention_impl, remat=m.remat, scan_layers=m.scan_layers, norm=m.norm,
-        ffn=m.ffn, num_kv_heads=m.num_kv_heads, qk_norm=m.qk_norm, use_bias=m.use_bias)
+        ffn=m.ffn, num_kv_heads=m.num_kv_heads, qk_norm=m.qk_norm, use_bias=m.use_bias,
+        architecture=m.architecture, prefix_lm=m.prefix_lm)
 
 
 def make_model(config: ml_collections.ConfigDict,
-               vocab_size: int) -> Callable[[], model_lib.EncoderDecoder]:
-    """A function that builds ``config``'s model, initialised from ``config.seed``.
+               vocab_size: int) -> Callable[[], model_lib.TransformerBase]:
+    """A function that builds ``config``'s model (``model.EncoderDecoder`` or
+    ``decoder_only.DecoderOnly``), initialised from ``config.seed``.
 
     A function rather than a model, so that callers build it where they need it: under
     ``nnx.eval_shape`` for shapes alone, or inside a jitted, sharded initialization.
     """
     cfg, seed = model_config(config, vocab_size), config.seed
+    if cfg.architecture == 'decoder_only':
+        return lambda: DecoderOnly(cfg, rngs=nnx.Rngs(seed))
     return lambda: model_lib.EncoderDecoder(cfg, rngs=nnx.Rngs(seed))
 
 

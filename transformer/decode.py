@@ -13,17 +13,17 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from transformer.model import PAD_ID, EncoderDecoder
+from transformer.model import PAD_ID, TransformerBase
 
 Array = jax.Array
 
 
-def greedy_decode(model: EncoderDecoder, src: Array, *, bos_id: int, eos_id: int,
+def greedy_decode(model: TransformerBase, src: Array, *, bos_id: int, eos_id: int,
                   max_len: int) -> Array:
     """Greedy (argmax) decoding.
 
     Args:
-      model: a trained ``EncoderDecoder`` (used without dropout).
+      model: a trained ``EncoderDecoder`` or ``DecoderOnly`` (used without dropout).
       src: [b, s] source token ids, 0-padded.
       bos_id, eos_id: the tokenizer's begin/end-of-sentence ids.
       max_len: the most tokens generated per row (EOS included).
@@ -37,7 +37,7 @@ def greedy_decode(model: EncoderDecoder, src: Array, *, bos_id: int, eos_id: int
     return _token_by_token(model, src, pick, bos_id=bos_id, eos_id=eos_id, max_len=max_len)
 
 
-def sample_decode(model: EncoderDecoder, src: Array, rng: Array, *, bos_id: int, eos_id: int,
+def sample_decode(model: TransformerBase, src: Array, rng: Array, *, bos_id: int, eos_id: int,
                   max_len: int, epsilon: float = 0.02) -> Array:
     """Ancestral sampling with epsilon truncation: one sampled translation per row.
 
@@ -61,7 +61,7 @@ def sample_decode(model: EncoderDecoder, src: Array, rng: Array, *, bos_id: int,
     return _token_by_token(model, src, pick, bos_id=bos_id, eos_id=eos_id, max_len=max_len)
 
 
-def _token_by_token(model: EncoderDecoder, src: Array, pick, *, bos_id: int, eos_id: int,
+def _token_by_token(model: TransformerBase, src: Array, pick, *, bos_id: int, eos_id: int,
                     max_len: int) -> Array:
     """One token per row and step, chosen by ``pick(logits [b, V], index) -> [b]``."""
     batch = src.shape[0]
@@ -196,7 +196,7 @@ def beam_search(step_fn, step_state, *, batch: int, beam_size: int, alpha: float
     return tokens, jnp.where(has_finished, c['finished_scores'][:, 0], alive_score)
 
 
-def model_beam_search(model: EncoderDecoder | Sequence[EncoderDecoder], src: Array, *,
+def model_beam_search(model: TransformerBase | Sequence[TransformerBase], src: Array, *,
                       beam_size: int, alpha: float, bos_id: int, eos_id: int, max_len: int,
                       length_offset: int | None = None) -> Array:
     """Beam search with a trained model, or an ensemble: src [b, s] -> tokens [b, max_len].
@@ -209,7 +209,7 @@ def model_beam_search(model: EncoderDecoder | Sequence[EncoderDecoder], src: Arr
     by the log of the models' mean probability, log((p_1 + ... + p_n) / n): an ensemble,
     each member with its own encoder output and cache.
     """
-    models = [model] if isinstance(model, EncoderDecoder) else list(model)
+    models = [model] if isinstance(model, TransformerBase) else list(model)
     if not models:
         raise ValueError('model_beam_search needs at least one model')
     batch = src.shape[0]

@@ -38,6 +38,7 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 POSITIONAL = ('sinusoidal', 'learned', 'rope')
 NORMS = ('layernorm', 'rmsnorm')
+ARCHITECTURES = ('encoder_decoder', 'decoder_only')
 # Rematerialization: which activations of a layer the backward pass keeps (the rest it
 # recomputes from the layer's input). 'dots' keeps the outputs of the projection and
 # feed-forward matmuls and recomputes attention, softmax, normalization and dropout.
@@ -74,6 +75,11 @@ class ModelConfig:
     num_kv_heads: int = 0              # 0: as many as query heads; 1: multi-query; else grouped
     qk_norm: bool = False              # RMSNorm of each head's queries and keys
     use_bias: bool = True              # biases of the projections and feed-forward layers
+    # 'decoder_only': one stack of num_encoder_layers + num_decoder_layers self-attention
+    # layers over "source, target" (transformer/decoder_only.py); with prefix_lm the source
+    # prefix attends to itself bidirectionally, else everything is causal.
+    architecture: str = 'encoder_decoder'
+    prefix_lm: bool = False
     share_embeddings: bool = True      # one matrix for source, target and output (3.4)
     dtype: Any = jnp.float32           # compute dtype
     param_dtype: Any = jnp.float32
@@ -107,6 +113,11 @@ class ModelConfig:
         problem = layers.attention_impl_problem(self.attention_impl, self.attention_dropout)
         if problem:
             raise _invalid('attention_impl', self.attention_impl, problem)
+        if self.architecture not in ARCHITECTURES:
+            raise _invalid('architecture', self.architecture, f'expected one of {ARCHITECTURES}')
+        if self.prefix_lm and self.architecture != 'decoder_only':
+            raise _invalid('prefix_lm', self.prefix_lm,
+                           "a prefix is a decoder-only notion; set model.architecture='decoder_only'")
         if self.norm not in NORMS:
             raise _invalid('norm', self.norm, f'expected one of {NORMS}')
         if self.ffn not in layers.ACTIVATIONS:
@@ -210,27 +221,11 @@ class Embedder(nnx.Module):
         return logits.reshape(*lead, -1)
 
 
-class EncoderDecoder(nnx.Module):
-    """The Transformer of "Attention Is All You Need": N encoder and N decoder layers."""
-
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        block = cfg.block()
-        self.source_embed = Embedder(cfg, rngs=rngs)
-        self.target_embed = self.source_embed if cfg.share_embeddings else Embedder(cfg, rngs=rngs)
-        self.output = None if cfg.share_embeddings else layers.Projection(
-            (cfg.d_model, cfg.vocab_size), 1, ('embed', 'vocab'), use_bias=False, dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype, rngs=rngs)
-        self.encoder = layer_stack(lambda r: layers.EncoderLayer(block, rngs=r),
-                                   cfg.num_encoder_layers, cfg.scan_layers, rngs)
-        self.decoder = layer_stack(lambda r: layers.DecoderLayer(block, rngs=r),
-                                   cfg.num_decoder_layers, cfg.scan_layers, rngs)
-        norm = (cfg.norm, cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
-        # Pre-LN leaves the residual stream unnormalised: normalise each stack's output.
-        self.encoder_norm = layers.norm_layer(*norm) if cfg.pre_ln else None
-        self.decoder_norm = layers.norm_layer(*norm) if cfg.pre_ln else None
-
-    # -- full-sequence passes ------------------------------------------------------------
+class TransformerBase(nnx.Module):
+    """What the encoder-decoder and the decoder-only model share: embedding with dropout,
+    running a stack of layers (rematerialized, scanned), and the output layer. Subclasses
+    set ``cfg``, ``target_embed``, ``output`` (None: the embedding is the output matrix) and
+    ``decoder_norm`` (pre-LN's final norm, or None)."""
 
     def _embed(self, embedder: Embedder, tokens: Array, positions: Array,
                rng: Array | None) -> Array:
@@ -243,17 +238,6 @@ class EncoderDecoder(nnx.Module):
         if rng is not None and self.cfg.token_dropout > 0:
             rng, word_rng = jax.random.split(rng)
         return layers.dropout(embedder(tokens, positions, word_rng), self.cfg.dropout_rate, rng)
-
-    def encode(self, src: Array, src_segments: Array | None = None,
-               src_positions: Array | None = None, *, dropout_rng: Array | None = None) -> Array:
-        """src: [b, s] token ids -> encoder output [b, s, d]."""
-        src_segments, src_positions = _defaults(src, src_segments, src_positions)
-        rngs = layers.split_rng(dropout_rng, self.cfg.num_encoder_layers + 1)
-        x = self._embed(self.source_embed, src, src_positions, rngs[0])
-        mask = Mask(src_segments, src_segments)
-        x = self._run_stack(self.encoder, x, rngs[1:],
-                            lambda layer, x, rng: layer(x, mask, rng, src_positions))
-        return x if self.encoder_norm is None else self.encoder_norm(x)
 
     def _run_stack(self, stack, x: Array, rngs: list, call) -> Array:
         """``x`` [b, l, d] through every layer of ``stack``, ``call(layer, x, rng) -> x``, one
@@ -280,6 +264,51 @@ class EncoderDecoder(nnx.Module):
         count = jax.tree.leaves(state)[0].shape[0]
         return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
                 for i in range(count)]
+
+    def logits(self, y: Array) -> Array:
+        """[b, t, d] decoder states -> [b, t, V] float32 logits."""
+        if self.decoder_norm is not None:
+            y = self.decoder_norm(y)
+        if self.output is None:
+            return self.target_embed.attend(y)
+        *lead, d = y.shape
+        logits = layers.matmul(y.reshape(-1, d), self.output.kernel[...], jnp.float32,  # [b*t, V]
+                               self.cfg.matmul_dtype or self.cfg.dtype)
+        return logits.reshape(*lead, -1)
+
+
+class EncoderDecoder(TransformerBase):
+    """The Transformer of "Attention Is All You Need": N encoder and N decoder layers."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        block = cfg.block()
+        self.source_embed = Embedder(cfg, rngs=rngs)
+        self.target_embed = self.source_embed if cfg.share_embeddings else Embedder(cfg, rngs=rngs)
+        self.output = None if cfg.share_embeddings else layers.Projection(
+            (cfg.d_model, cfg.vocab_size), 1, ('embed', 'vocab'), use_bias=False, dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype, rngs=rngs)
+        self.encoder = layer_stack(lambda r: layers.EncoderLayer(block, rngs=r),
+                                   cfg.num_encoder_layers, cfg.scan_layers, rngs)
+        self.decoder = layer_stack(lambda r: layers.DecoderLayer(block, rngs=r),
+                                   cfg.num_decoder_layers, cfg.scan_layers, rngs)
+        norm = (cfg.norm, cfg.d_model, cfg.dtype, cfg.param_dtype, rngs)
+        # Pre-LN leaves the residual stream unnormalised: normalise each stack's output.
+        self.encoder_norm = layers.norm_layer(*norm) if cfg.pre_ln else None
+        self.decoder_norm = layers.norm_layer(*norm) if cfg.pre_ln else None
+
+    # -- full-sequence passes ------------------------------------------------------------
+
+    def encode(self, src: Array, src_segments: Array | None = None,
+               src_positions: Array | None = None, *, dropout_rng: Array | None = None) -> Array:
+        """src: [b, s] token ids -> encoder output [b, s, d]."""
+        src_segments, src_positions = _defaults(src, src_segments, src_positions)
+        rngs = layers.split_rng(dropout_rng, self.cfg.num_encoder_layers + 1)
+        x = self._embed(self.source_embed, src, src_positions, rngs[0])
+        mask = Mask(src_segments, src_segments)
+        x = self._run_stack(self.encoder, x, rngs[1:],
+                            lambda layer, x, rng: layer(x, mask, rng, src_positions))
+        return x if self.encoder_norm is None else self.encoder_norm(x)
 
     def decode(self, tgt_in: Array, encoded: Array, src_segments: Array,
                tgt_segments: Array | None = None, tgt_positions: Array | None = None, *,
@@ -339,17 +368,6 @@ class EncoderDecoder(nnx.Module):
         encoded = self.encode(src, src_segments, src_positions, dropout_rng=enc_rng)
         return self.decode(tgt_in, encoded, src_segments, tgt_segments, tgt_positions,
                            dropout_rng=dec_rng)
-
-    def logits(self, y: Array) -> Array:
-        """[b, t, d] decoder states -> [b, t, V] float32 logits."""
-        if self.decoder_norm is not None:
-            y = self.decoder_norm(y)
-        if self.output is None:
-            return self.target_embed.attend(y)
-        *lead, d = y.shape
-        logits = layers.matmul(y.reshape(-1, d), self.output.kernel[...], jnp.float32,  # [b*t, V]
-                               self.cfg.matmul_dtype or self.cfg.dtype)
-        return logits.reshape(*lead, -1)
 
     # -- incremental decoding ------------------------------------------------------------
 
@@ -420,6 +438,8 @@ def convert_layers(params: nnx.State, like: nnx.State) -> nnx.State:
     """
     pure, target = nnx.to_pure_dict(params), nnx.to_pure_dict(like)
     for name in ('encoder', 'decoder'):
+        if name not in pure:  # a decoder-only model has one stack
+            continue
         stack, wanted = pure[name], target[name]
         if (0 in stack) == (0 in wanted):
             continue  # already in the wanted layout
