@@ -8,6 +8,7 @@ schedule, label smoothing 0.1, beam 4 with length penalty 0.6) on one host's dev
 
 import ml_collections
 
+from transformer import model as model_lib
 from transformer import sharding
 
 
@@ -126,6 +127,39 @@ def base_config() -> ml_collections.ConfigDict:
     # with the highest mean sentence BLEU against the samples. 0 = the search's output.
     config.eval.mbr_samples = 0
     config.eval.mbr_epsilon = 0.02        # sample only tokens with probability >= this
+    return config
+
+
+# Architecture presets, chosen with ',arch=NAME' after any config's argument (e.g.
+# configs/multi30k.py:reverse=True,arch=modern). 'modern' is today's block: pre-RMSNorm,
+# rotary positions, SwiGLU, grouped-query attention with half as many K/V heads as query
+# heads, QK-norm, no biases; 'decoder_only' is that block in one prefix-LM stack.
+ARCH_PRESETS = {
+    'paper': {},
+    'modern': dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu',
+                   qk_norm=True, use_bias=False),
+    'decoder_only': dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu',
+                         qk_norm=True, use_bias=False, architecture='decoder_only',
+                         prefix_lm=True),
+}
+
+
+def pop_arch(arg: str | None) -> tuple[str | None, str]:
+    """Splits 'arch=NAME' off a config argument: ('tiny,arch=modern') -> ('tiny', 'modern')."""
+    parts = [p for p in (arg or '').split(',') if p]
+    arch = [p.partition('=')[2] for p in parts if p.startswith('arch=')]
+    if len(arch) > 1 or (arch and arch[0] not in ARCH_PRESETS):
+        raise ValueError(f'Bad arch={",".join(arch)}; valid: {", ".join(ARCH_PRESETS)}')
+    rest = ','.join(p for p in parts if not p.startswith('arch='))
+    return rest or None, arch[0] if arch else 'paper'
+
+
+def apply_arch(config: ml_collections.ConfigDict, arch: str) -> ml_collections.ConfigDict:
+    """Sets the ``ARCH_PRESETS[arch]`` fields of ``config.model`` (call after the variant is
+    set: grouped-query attention takes half the variant's heads)."""
+    config.model.update(ARCH_PRESETS[arch])
+    if arch != 'paper':
+        config.model.num_kv_heads = max(1, model_lib.SIZES[config.model.variant][2] // 2)
     return config
 
 

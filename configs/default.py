@@ -7,7 +7,8 @@ The project generates the data itself (transformer/datasets/numbers_de.py), so t
 network. Hardware: a 2-core AMD EPYC CPU without AVX-512. Time: 2,000 steps in 6 min 41 s;
 `make train` in all (data, training, evaluation) 7 min 34 s. Result on the test split (1,000
 pairs, beam 4): exact match 99.7%, sacreBLEU 99.85. configs/default.py:tiny is the same task
-shrunk for tests (seconds). Run history: docs/experiments.md.
+shrunk for tests (seconds). Run history: docs/experiments.md. Architecture presets:
+configs/default.py:arch=modern or :tiny,arch=decoder_only (configs/common.py ARCH_PRESETS).
 """
 
 import ml_collections
@@ -17,6 +18,7 @@ from transformer import hparam_search
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg, arch = common.pop_arch(arg)
     config = common.base_config()
     config.data.dataset = 'numbers_de'
     config.data.builder_kwargs = ml_collections.ConfigDict(
@@ -51,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.update(batch_size=20, max_decode_len=24, num_samples=2)
     elif arg:
         raise ValueError(f"Unknown config argument {arg!r}; valid: 'tiny' or none")
-    return config
+    return common.apply_arch(config, arch)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -15,7 +15,9 @@ Results on test2016, beam 4, tokenized lowercased BLEU / sacreBLEU (last checkpo
   en->de               48 min 41 s, 2-core AMD EPYC with AVX-512          39.72 / 38.67
   en->de, ensemble=2   2 x 59 min side by side, same host, last 5 avg.    41.09 / 40.01
 A slower host fits fewer steps in the hour (--config.train.num_steps). History, seeds and
-what did not pay: docs/experiments.md.
+what did not pay: docs/experiments.md. Add ,arch=modern (today's block) or ,arch=decoder_only
+(one prefix-LM stack) to the argument for the same recipe with another architecture
+(configs/common.py ARCH_PRESETS; not yet compared here).
 """
 
 import ml_collections
@@ -25,6 +27,7 @@ from transformer import hparam_search
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg, arch = common.pop_arch(arg)
     options = common.parse_arg(arg, reverse='False', ensemble='1')
     reverse = common.is_true(options['reverse'])
     ensemble = options['ensemble']
@@ -75,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.decode_length_offset = 20
     config.eval.beam_size = 4
     config.eval.length_penalty = 1.0 if reverse else 0.6
-    return config
+    return common.apply_arch(config, arch)
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -8,13 +8,15 @@ Every update sees ~25k source + ~25k target tokens (the paper's batch): 96 packe
 tokens, as batch_size x grad_accum_steps (one GPU: 32 x 3). An 8-GPU box: add
 --config.train.batch_size=96 --config.train.grad_accum_steps=1 (for big, also
 --config.mesh.data=4 --config.mesh.fsdp=2). A TPU pod slice: the same command on every host,
-with --config.distributed.enabled=True and a workdir and data_dir all hosts see. Check that a
-mesh compiles on any CPU first: XLA_FLAGS=--xla_force_host_platform_device_count=16
-JAX_PLATFORMS=cpu python train.py ... --compile_only --config.mesh.fsdp=4 (see the README).
+with --config.distributed.enabled=True and a workdir and data_dir all hosts see. Check first,
+on any machine, that it compiles and fits the slice: python train.py ... --compile_only
+--topology=v5e:16x16 --config.train.batch_size=1024 --config.train.grad_accum_steps=1
+(the README's table).
 
 Hardware and result: not yet run here (a 2-core CPU cannot train this). Paper: newstest2014
 tokenized BLEU 27.3 (base, 100k steps) / 28.4 (big, 300k). The tests train it on mock data
-and compile base for an 8-device mesh.
+and compile base for an 8-device mesh. Architecture presets: configs/wmt14_ende.py:big,arch=modern
+or :base,arch=decoder_only (configs/common.py ARCH_PRESETS).
 """
 
 import ml_collections
@@ -29,6 +31,7 @@ RECIPES = {'base': (0.1, 100_000), 'big': (0.3, 300_000)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg, arch = common.pop_arch(arg)
     variant = arg or 'base'
     if variant not in RECIPES:
         raise ValueError(f'Unknown variant {variant!r}; valid: {sorted(RECIPES)}')
@@ -65,4 +68,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.decode_length_offset = 50  # output length <= input length + 50 (section 6.1)
     config.eval.beam_size = 4
     config.eval.length_penalty = 0.6
-    return config
+    return common.apply_arch(config, arch)

@@ -3,13 +3,16 @@
 import pytest
 
 from configs import common
+from configs import default as default_config
 from configs import multi30k as multi30k_config
 from conftest import load_config
 from transformer import config_lib
 
 SPECS = ['configs/default.py', 'configs/default.py:tiny', 'configs/multi30k.py',
          'configs/multi30k.py:reverse=True', 'configs/multi30k.py:reverse=True,ensemble=2',
-         'configs/wmt14_ende.py:base', 'configs/wmt14_ende.py:big']
+         'configs/wmt14_ende.py:base', 'configs/wmt14_ende.py:big',
+         'configs/multi30k.py:arch=modern', 'configs/multi30k.py:reverse=True,arch=decoder_only',
+         'configs/default.py:tiny,arch=modern', 'configs/wmt14_ende.py:big,arch=decoder_only']
 
 
 @pytest.mark.parametrize('spec', SPECS)
@@ -66,3 +69,19 @@ def test_multi30k_ensemble_members_differ_only_in_dropout_and_steps():
 def test_multi30k_arguments_are_checked(arg, message):
     with pytest.raises(ValueError, match=message):
         multi30k_config.get_config(arg)
+
+
+def test_architecture_presets_set_the_block_and_keep_the_rest():
+    paper = load_config('configs/multi30k.py:reverse=True')
+    modern = load_config('configs/multi30k.py:reverse=True,arch=modern')
+    decoder_only = load_config('configs/multi30k.py:reverse=True,arch=decoder_only')
+    assert (modern.model.norm, modern.model.positional, modern.model.ffn) == (
+        'rmsnorm', 'rope', 'swiglu')
+    assert modern.model.num_kv_heads == 2 and modern.model.qk_norm and not modern.model.use_bias
+    assert decoder_only.model.architecture == 'decoder_only' and decoder_only.model.prefix_lm
+    for config in (modern, decoder_only):  # only the block differs from the paper's recipe
+        for section in ('data', 'train', 'eval'):
+            assert config[section].to_dict() == paper[section].to_dict()
+    assert load_config('configs/wmt14_ende.py:big,arch=modern').model.num_kv_heads == 8
+    with pytest.raises(ValueError, match='Bad arch=huge; valid: paper, modern, decoder_only'):
+        default_config.get_config('arch=huge')
