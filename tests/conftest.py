@@ -52,6 +52,29 @@ def make_model(seed: int = 0, vocab_size: int = VOCAB, **overrides) -> EncoderDe
     return EncoderDecoder(cfg, rngs=nnx.Rngs(seed))
 
 
+class Compiled:
+    """A model whose array methods run compiled whole: an eager call compiles each of its
+    operations separately (seconds per new shape), a jitted one compiles once. Other
+    attributes (``cfg``, ``init_cache``) are the model's own; ``.module`` is the model."""
+
+    METHODS = ('__call__', 'encode', 'cross_kv', 'decode_step', 'cross_attention_weights')
+    _jitted = {}
+
+    def __init__(self, module):
+        self.module = module
+
+    def _method(self, name):
+        if name not in Compiled._jitted:
+            Compiled._jitted[name] = nnx.jit(lambda m, *a, **k: getattr(m, name)(*a, **k))
+        return lambda *a, **k: Compiled._jitted[name](self.module, *a, **k)
+
+    def __call__(self, *args, **kwargs):
+        return self._method('__call__')(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return self._method(name) if name in self.METHODS else getattr(self.module, name)
+
+
 def random_tokens(rng: np.random.Generator, batch: int, length: int, *,
                   min_len: int = 1) -> np.ndarray:
     """[batch, length] ids in [4, VOCAB), each row 0-padded after a random length."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import VOCAB, random_tokens
+from conftest import VOCAB, Compiled, random_tokens
 from transformer import decode
 from transformer.decoder_only import DecoderOnly, sequence_mask
 from transformer.model import ModelConfig, count_params
@@ -37,7 +37,7 @@ def test_the_mask_keeps_examples_apart_and_the_source_blind_to_the_target():
 
 @pytest.mark.parametrize('overrides', [{}, {'prefix_lm': True}, dict(MODERN, prefix_lm=True)])
 def test_changing_future_targets_never_changes_earlier_logits(rng, overrides):
-    model = make(**overrides)
+    model = Compiled(make(**overrides))
     src = random_tokens(rng, 3, 6)
     tgt = rng.integers(4, VOCAB, (3, 7)).astype(np.int32)
     base = model(src, tgt)
@@ -49,7 +49,7 @@ def test_changing_future_targets_never_changes_earlier_logits(rng, overrides):
 
 @pytest.mark.parametrize('overrides', [{}, dict(MODERN, prefix_lm=True)])
 def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
-    model = make(**overrides)
+    model = Compiled(make(**overrides))
     a_src, b_src = rng.integers(4, VOCAB, 3), rng.integers(4, VOCAB, 4)
     a_tgt, b_tgt = rng.integers(4, VOCAB, 5), rng.integers(4, VOCAB, 2)
     packed_src = np.concatenate([a_src, b_src, [0]])[None].astype(np.int32)
@@ -70,7 +70,7 @@ def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
 def test_cached_step_by_step_decoding_equals_full_forward(rng, overrides):
     """The source's keys and values come from the source alone, so this also shows that in
     training no source position attends to the target."""
-    model = make(**overrides)
+    model = Compiled(make(**overrides))
     src = random_tokens(rng, 3, 7, min_len=2)
     tgt = rng.integers(4, VOCAB, (3, 6)).astype(np.int32)
     full = model(src, tgt)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import VOCAB, make_model, random_tokens
+from conftest import VOCAB, Compiled, make_model, random_tokens
 from transformer import layers
 from transformer.model import (
     EncoderDecoder,
@@ -35,7 +35,7 @@ MODERN = dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu', num_
 
 @pytest.mark.parametrize('overrides', [{'pre_ln': False}, {'pre_ln': True}, MODERN])
 def test_changing_future_targets_never_changes_earlier_logits(rng, overrides):
-    model = make_model(**overrides)
+    model = Compiled(make_model(**overrides))
     src = random_tokens(rng, 3, 6)
     tgt = rng.integers(4, VOCAB, (3, 8)).astype(np.int32)
     base = model(src, tgt)
@@ -47,7 +47,7 @@ def test_changing_future_targets_never_changes_earlier_logits(rng, overrides):
 
 @pytest.mark.parametrize('overrides', [{}, MODERN])
 def test_changing_padded_source_tokens_never_changes_a_real_output(rng, overrides):
-    model = make_model(**overrides)
+    model = Compiled(make_model(**overrides))
     src = random_tokens(rng, 4, 9, min_len=2)
     tgt = random_tokens(rng, 4, 6)
     base = model(src, tgt)
@@ -77,7 +77,7 @@ def test_cross_attention_weights_are_distributions_over_real_source_tokens(rng):
 
 @pytest.mark.parametrize('overrides', [{}, MODERN])
 def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
-    model = make_model(**overrides)
+    model = Compiled(make_model(**overrides))
     a_src, b_src = rng.integers(4, VOCAB, 3), rng.integers(4, VOCAB, 4)
     a_tgt, b_tgt = rng.integers(4, VOCAB, 5), rng.integers(4, VOCAB, 2)
     packed_src = np.concatenate([a_src, b_src, [0]])[None].astype(np.int32)
@@ -100,7 +100,7 @@ def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
                                        {'ffn': 'geglu', 'qk_norm': True, 'positional': 'rope',
                                         'scan_layers': True}])
 def test_cached_step_by_step_decoding_equals_full_forward(rng, overrides):
-    model = make_model(**overrides)
+    model = Compiled(make_model(**overrides))
     src = random_tokens(rng, 3, 7, min_len=2)
     tgt = rng.integers(4, VOCAB, (3, 6)).astype(np.int32)
     full = model(src, tgt)
@@ -114,7 +114,7 @@ def test_cached_step_by_step_decoding_equals_full_forward(rng, overrides):
 
 
 def test_dropout_changes_training_outputs_but_not_evaluation(rng):
-    model = make_model(dropout_rate=0.3, attention_dropout=0.1)
+    model = Compiled(make_model(dropout_rate=0.3, attention_dropout=0.1))
     src, tgt = random_tokens(rng, 2, 5), random_tokens(rng, 2, 4)
     np.testing.assert_array_equal(model(src, tgt), model(src, tgt))
     a = model(src, tgt, dropout_rng=jax.random.key(0))
@@ -140,8 +140,8 @@ def test_word_dropout_zeroes_whole_token_embeddings_and_keeps_their_positions():
 
 def test_word_dropout_acts_in_training_only(rng):
     src, tgt = random_tokens(rng, 2, 5), random_tokens(rng, 2, 4)
-    words = make_model(token_dropout=0.5)
-    plain = make_model()      # the same seed: the same parameters
+    words = Compiled(make_model(token_dropout=0.5))
+    plain = Compiled(make_model())      # the same seed: the same parameters
     np.testing.assert_array_equal(words(src, tgt), plain(src, tgt))
     np.testing.assert_array_equal(plain(src, tgt, dropout_rng=jax.random.key(0)), plain(src, tgt))
     assert not np.allclose(words(src, tgt, dropout_rng=jax.random.key(0)), plain(src, tgt))
@@ -152,19 +152,19 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_float32(rng):
     params = nnx.state(model, nnx.Param)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     src, tgt = random_tokens(rng, 2, 5), random_tokens(rng, 2, 4)
-    logits = model(src, tgt)
+    logits = Compiled(model)(src, tgt)
     assert logits.dtype == jnp.float32
     # Same seed, same float32 parameters: only the compute precision differs.
-    np.testing.assert_allclose(logits, make_model()(src, tgt), atol=0.1)
+    np.testing.assert_allclose(logits, Compiled(make_model())(src, tgt), atol=0.1)
 
 
 def test_mixed_precision_model_tracks_float32_and_trains_float32_parameters(rng):
     model = make_model(matmul_dtype='bfloat16')
     src, tgt = random_tokens(rng, 2, 5), random_tokens(rng, 2, 4)
-    logits = model(src, tgt)
+    logits = Compiled(model)(src, tgt)
     assert logits.dtype == jnp.float32
-    np.testing.assert_allclose(logits, make_model()(src, tgt), atol=0.05)
-    grads = nnx.grad(lambda m: jnp.sum(m(src, tgt) ** 2))(model)
+    np.testing.assert_allclose(logits, Compiled(make_model())(src, tgt), atol=0.05)
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(src, tgt) ** 2)))(model)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(grads))
 
 
@@ -199,7 +199,8 @@ def test_parameter_counts_equal_their_closed_forms(overrides):
 
 def test_grouped_query_attention_with_as_many_kv_heads_is_multi_head_attention(rng):
     src, tgt = random_tokens(rng, 2, 6), random_tokens(rng, 2, 5)
-    np.testing.assert_array_equal(make_model(num_kv_heads=4)(src, tgt), make_model()(src, tgt))
+    np.testing.assert_array_equal(Compiled(make_model(num_kv_heads=4))(src, tgt),
+                                  Compiled(make_model())(src, tgt))
 
 
 @pytest.mark.parametrize('kv_heads', [1, 2])

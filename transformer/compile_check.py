@@ -42,8 +42,12 @@ def topology_devices(name: str) -> list:
     # Compiling touches no TPU, so several such processes may share the machine (libtpu
     # otherwise takes a lock file meant for processes driving a real TPU).
     os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+    # TPU v4 and v5p run their chip's two cores as one device ("megacore"), as JAX does on
+    # a real slice; libtpu's default for v4 would describe every core separately.
+    kwargs = {'chip_config_name': 'megacore'} if name.split(':')[0] in ('v4', 'v5p') else {}
     try:
-        return list(topologies.get_topology_desc(platform='tpu', topology_name=name).devices)
+        return list(topologies.get_topology_desc(platform='tpu', topology_name=name,
+                                                 **kwargs).devices)
     except Exception as error:  # libtpu's own message says what is wrong with the name
         raise TopologyError(f'--topology={name!r}: {error}') from None
 
@@ -110,9 +114,12 @@ def report(config: ml_collections.ConfigDict, topology: str = '', devices=None) 
     model_flops = flops.train_flops(config_lib.model_config(config, d.vocab_size),
                                     d.max_source_length, d.max_target_length, rows)
     used = float(exhausted.group(1)) * per_chip if exhausted else None  # a lower bound
+    arguments = temporaries = None
     if memory is not None:
         used = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
                 + memory.output_size_in_bytes - memory.alias_size_in_bytes) * per_chip / GiB
+        arguments = memory.argument_size_in_bytes * per_chip / GiB    # state and batch
+        temporaries = memory.temp_size_in_bytes * per_chip / GiB      # activations and more
     # XLA's TPU cost model gives 'optimal_seconds' for some programs (a negative number when
     # it cannot); otherwise the roofline of XLA's own counts: the slower of its FLOPs at the
     # chip's peak and its memory traffic at the chip's bandwidth. Both leave out
@@ -127,7 +134,8 @@ def report(config: ml_collections.ConfigDict, topology: str = '', devices=None) 
         'chips': chips, 'mesh': dict(zip(sharding.MESH_AXES, mesh)),
         'variant': config.model.variant, 'remat': config.model.remat,
         'scan_layers': config.model.scan_layers, 'tokens_per_step': rows * d.max_target_length,
-        'hbm_per_chip_gib': _round(used), 'hbm_capacity_gib': chip[1] if chip else None,
+        'hbm_per_chip_gib': _round(used), 'arguments_gib': _round(arguments),
+        'temporaries_gib': _round(temporaries), 'hbm_capacity_gib': chip[1] if chip else None,
         'fits': False if exhausted else (None if used is None or chip is None
                                          else bool(used <= chip[1])),
         'flops_per_step': model_flops,
