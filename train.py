@@ -13,13 +13,14 @@ host_memory.keep_freed_memory()  # before any library starts threads that alloca
 
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from transformer import compile_check, platform, sharding, trainer  # noqa: E402
+from transformer import compile_check, platform_settings, sharding, trainer  # noqa: E402
 from transformer.checkpoint import CheckpointMismatchError  # noqa: E402
 from transformer.config_lib import ConfigError  # noqa: E402
 from transformer.datasets import DatasetError  # noqa: E402
@@ -68,8 +69,10 @@ def main(argv):
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     absl_logging.set_verbosity(absl_logging.WARNING)  # the libraries' chatter: warnings only
     logging.getLogger('transformer').setLevel(logging.INFO)
+    if FLAGS.topology:  # compiling only: several such processes may share this machine
+        os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
     sharding.initialize_distributed(FLAGS.config.distributed)
-    platform.configure()
+    platform_settings.configure()
     if FLAGS.compile_only:
         try:
             sys.exit(compile_only(FLAGS.config, FLAGS.topology))

@@ -79,9 +79,9 @@ def worker(name: str, multi30k_dir: str, matmul_size: int) -> None:
     if function == 'matmul_peaks':
         kwargs = dict(kwargs, n=matmul_size)
     if impl == 'jax':  # as train.py does, before JAX starts (TRANSFORMER_MALLOC_DEFAULTS opts out)
-        from transformer import host_memory, platform
+        from transformer import host_memory, platform_settings
         host_memory.keep_freed_memory()
-        platform.configure()
+        platform_settings.configure()
     if function == 'input_pipeline':
         kwargs = dict(kwargs, manual_dir=multi30k_dir)
     if impl == 'torch':

@@ -134,14 +134,10 @@ def base_config() -> ml_collections.ConfigDict:
 # configs/multi30k.py:reverse=True,arch=modern). 'modern' is today's block: pre-RMSNorm,
 # rotary positions, SwiGLU, grouped-query attention with half as many K/V heads as query
 # heads, QK-norm, no biases; 'decoder_only' is that block in one prefix-LM stack.
-ARCH_PRESETS = {
-    'paper': {},
-    'modern': dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu',
-                   qk_norm=True, use_bias=False),
-    'decoder_only': dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu',
-                         qk_norm=True, use_bias=False, architecture='decoder_only',
-                         prefix_lm=True),
-}
+_MODERN = dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu', qk_norm=True,
+               use_bias=False)
+ARCH_PRESETS = {'paper': {}, 'modern': _MODERN,
+                'decoder_only': dict(_MODERN, architecture='decoder_only', prefix_lm=True)}
 
 
 def pop_arch(arg: str | None) -> tuple[str | None, str]:
@@ -156,7 +152,8 @@ def pop_arch(arg: str | None) -> tuple[str | None, str]:
 
 def apply_arch(config: ml_collections.ConfigDict, arch: str) -> ml_collections.ConfigDict:
     """Sets the ``ARCH_PRESETS[arch]`` fields of ``config.model`` (call after the variant is
-    set: grouped-query attention takes half the variant's heads)."""
+    set: grouped-query attention takes half the variant's heads; a later override of
+    model.variant keeps that number, so set --config.model.num_kv_heads with it)."""
     config.model.update(ARCH_PRESETS[arch])
     if arch != 'paper':
         config.model.num_kv_heads = max(1, model_lib.SIZES[config.model.variant][2] // 2)

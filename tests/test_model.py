@@ -174,7 +174,7 @@ def _expected_params(vocab, d, ff, n_enc, n_dec, *, heads=1, kv_heads=0, gated=F
     kv = d * (kv_heads or heads) // heads                    # K/V projection width
     attention = 2 * d * d + 2 * d * kv + (2 * d + kv if bias else 0)   # no key bias
     attention += 2 * (d // heads) if qk_norm else 0          # one RMSNorm scale per q and k
-    width = round(2 * ff / 3 / 8) * 8 if gated else ff
+    width = round(2 * ff / 3 / 64) * 64 if gated else ff
     ffn = (3 if gated else 2) * d * width + ((2 if gated else 1) * width + d if bias else 0)
     norm = d if rms else 2 * d
     final = 2 * norm if pre_ln else 0

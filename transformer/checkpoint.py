@@ -188,7 +188,8 @@ class Checkpointer:
             raise CheckpointMismatchError(
                 f'Checkpoint {self.directory}/{step} does not fit this model '
                 f'({len(problems)} parameters differ; was it written with another '
-                'model.variant or data.vocab_size?):\n' + '\n'.join(problems[:20])
+                'model.variant, data.vocab_size or block (model.architecture, norm, ffn, '
+                'num_kv_heads, qk_norm, use_bias, positional)?):\n' + '\n'.join(problems[:20])
                 + ('\n  ...' if len(problems) > 20 else '')
                 + '\nUse a new --workdir, or the config the checkpoint was trained with.')
 

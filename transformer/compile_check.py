@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from transformer import config_lib, flops, sharding, steps, trainer
+from transformer import config_lib, flops, layers, platform_settings, sharding, steps, trainer
 
 GiB = 2 ** 30
 
@@ -91,8 +91,11 @@ def report(config: ml_collections.ConfigDict, topology: str = '', devices=None) 
     argument buffers. Figures XLA or the chip table cannot give are None.
     """
     devices = devices or (topology_devices(topology) if topology else jax.devices())
+    target = devices[0].platform
+    platform_settings.configure(target)  # the random bits the target would use
     try:
-        compiled = compile_train_step(config, devices)
+        with layers.compiling_for(target):
+            compiled = compile_train_step(config, devices)
         memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
         cost = (cost[0] if isinstance(cost, list) else cost) or {}
         exhausted = None
@@ -122,8 +125,8 @@ def report(config: ml_collections.ConfigDict, topology: str = '', devices=None) 
         temporaries = memory.temp_size_in_bytes * per_chip / GiB      # activations and more
     # XLA's TPU cost model gives 'optimal_seconds' for some programs (a negative number when
     # it cannot); otherwise the roofline of XLA's own counts: the slower of its FLOPs at the
-    # chip's peak and its memory traffic at the chip's bandwidth. Both leave out
-    # communication between chips, so they bound the step time from below.
+    # chip's peak and its memory traffic at the chip's bandwidth. Rough either way: both
+    # leave out communication between chips, and XLA's byte count ignores on-chip reuse.
     step_s, source = cost.get('optimal_seconds', -1.0), 'xla cost model'
     if step_s <= 0 and chip and 'flops' in cost and 'bytes accessed' in cost:
         step_s = max(cost['flops'] / (chip[0] / per_chip),
@@ -166,7 +169,7 @@ def what_would_fit(config: ml_collections.ConfigDict, topology: str, devices=Non
     Each is compiled in turn: parameters and optimizer state split over every device
     (FSDP), then rematerialization, then both.
     """
-    devices = devices or topology_devices(topology)
+    devices = devices or (topology_devices(topology) if topology else jax.devices())
     for change in ALTERNATIVES:
         trial = ml_collections.ConfigDict(config.to_dict())
         for key, value in change.items():

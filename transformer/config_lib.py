@@ -54,6 +54,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if m.positional == 'learned':
         _check(e.max_decode_len <= m.max_len, 'eval.max_decode_len', e.max_decode_len,
                f'learned positions cover only model.max_len={m.max_len}')
+        if m.architecture == 'decoder_only':  # the target's positions follow the source's
+            longest = d.max_source_length + max(d.max_target_length, e.max_decode_len)
+            _check(longest <= m.max_len, 'model.max_len', m.max_len,
+                   f'a decoder-only sequence (source + target) reaches {longest} positions')
     _check(d.subword_nbest >= 1, 'data.subword_nbest', d.subword_nbest,
            'expected >= 1 (1 = always the best segmentation)')
     _check(d.subword_alpha >= 0, 'data.subword_alpha', d.subword_alpha, 'expected >= 0')
@@ -172,8 +176,11 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         saved = json.load(f)
     # A field added after the run was written takes its default, which is what the code did
     # before the field existed (every switch defaults to the earlier behaviour).
-    from configs.common import base_config
-    added = _fill_defaults(saved, base_config().to_dict())
+    try:
+        from configs.common import base_config
+    except ImportError:  # the library used without the repository's configs/
+        base_config = None
+    added = _fill_defaults(saved, base_config().to_dict()) if base_config else []
     if added:
         log.info('%s predates config fields %s: using their defaults.', path, ', '.join(added))
     config = ml_collections.ConfigDict(saved)

@@ -99,13 +99,6 @@ class DecoderOnly(TransformerBase):
         """The source's keys and values per layer (``encode`` computed them already)."""
         return encoded
 
-    def init_cache(self, batch_size: int, max_len: int) -> list[layers.KVCache]:
-        """Empty target caches, one per layer, each [b, max_len, g, dh]."""
-        cfg = self.cfg
-        shape = (batch_size, max_len, cfg.num_kv_heads or cfg.num_heads, cfg.d_model // cfg.num_heads)
-        return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
-                for _ in range(self.num_layers)]
-
     def decode_step(self, tokens: Array, index: Array, cache: list[layers.KVCache],
                     cross_kv: list[tuple[Array, Array]], src_segments: Array):
         """Target position ``index`` for every row: tokens [b] -> ([b, V] logits, cache).

@@ -3,9 +3,10 @@
 Shape letters used throughout: b batch, q query length, k key/value length, h heads,
 dh d_head = d_model / h, d d_model, f d_ff.
 
-Masks are boolean and broadcastable to [b, h, q, k]; True means "may attend". Layers take
-them as a ``Mask`` (segment ids and causality), which the einsum path expands to a boolean
-array and the Pallas kernel reads as segment ids; ``attend`` picks the implementation.
+Masks are boolean and broadcastable to [b, h, q, k]; True means "may attend". The
+encoder-decoder passes them as a ``Mask`` (segment ids and causality), which the einsum path
+expands to a boolean array and the Pallas kernel reads as segment ids; the decoder-only
+model passes a boolean array. ``attend`` picks the implementation.
 
 Dropout takes an explicit PRNG key (``None`` = deterministic), so every step function
 stays pure; the train step derives the key from (seed, step), so a resumed run draws the
@@ -14,6 +15,8 @@ same masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -24,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec
 
-from transformer.sharding import constrain_batch
+from transformer.sharding import BATCH_AXES, constrain_batch
 
 Array = jax.Array
 KVCache = dict[str, Array]  # {'k': [b, L, h, dh], 'v': [b, L, h, dh]}
@@ -271,6 +275,18 @@ def _cudnn_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 _SPLASH_BLOCK = 128  # the kernel's tile over queries and keys; lengths are padded to it
+_TARGET_PLATFORM = contextvars.ContextVar('target_platform', default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+    """Traces kernels for ``platform`` ('tpu', 'gpu', 'cpu') rather than the local backend:
+    compiling for a TPU slice on a CPU host must not pick the Pallas interpreter."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
 
 
 def _splash_attention(q: Array, k: Array, v: Array, mask: Mask) -> Array:
@@ -291,12 +307,20 @@ def _splash_attention(q: Array, k: Array, v: Array, mask: Mask) -> Array:
     kernel = splash.make_splash_mha(
         splash_mask.MultiHeadMask([head_mask] * h),
         block_sizes=splash.BlockSizes(block, block, block, block, block, block, block, block),
-        head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != 'tpu')
+        head_shards=1, q_seq_shards=1,
+        interpret=(_TARGET_PLATFORM.get() or jax.default_backend()) != 'tpu')
     # [b, l, h, dh] -> [b, h, l, dh]; the kernel does not scale the queries itself.
     q = pad(q * jnp.asarray(d_head ** -0.5, q.dtype)).transpose(0, 2, 1, 3)
     k, v = (pad(x.astype(q.dtype)).transpose(0, 2, 1, 3) for x in (k, v))
     segments = splash.SegmentIds(pad(mask.q_segments), pad(mask.k_segments))
-    out = jax.vmap(kernel)(q, k, v, segments)                   # [b, h, q_pad, dh]
+    run = jax.vmap(kernel)
+    # On a mesh each device runs the kernel on its own rows (XLA cannot split a custom call).
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and q.shape[0] % math.prod(mesh.shape[a] for a in BATCH_AXES) == 0:
+        rows = PartitionSpec(BATCH_AXES)
+        run = jax.shard_map(run, mesh=mesh, in_specs=(rows, rows, rows, splash.SegmentIds(rows, rows)),
+                            out_specs=rows, check_vma=False)
+    out = run(q, k, v, segments)                                 # [b, h, q_pad, dh]
     return out.transpose(0, 2, 1, 3)[:, :q_len].astype(out_dtype)
 
 
@@ -393,8 +417,10 @@ class MultiHeadAttention(nnx.Module):
                 q, k, v, dense, dropout_rate=self.attention_dropout,
                 dropout_rng=dropout_rng, return_weights=True)
             return self.out(out), weights
-        return self.out(attend(q, k, v, mask, self.attention_impl,
-                               dropout_rate=self.attention_dropout, dropout_rng=dropout_rng))
+        # A single query (a decoding step) gains nothing from a fused kernel: einsums.
+        impl = 'xla' if q.shape[1] == 1 else self.attention_impl
+        return self.out(attend(q, k, v, mask, impl, dropout_rate=self.attention_dropout,
+                               dropout_rng=dropout_rng))
 
     def attend_cached(self, x: Array, cache: KVCache, index: Array) -> tuple[Array, KVCache]:
         """One decoding step of causal self-attention.
@@ -425,9 +451,10 @@ GATED = ('swiglu', 'geglu')
 
 def ffn_width(ffn: str, d_ff: int) -> int:
     """Hidden units of the feed-forward layer: ``d_ff``, or for a gated one 2/3 of it rounded
-    to a multiple of 8, so its three matrices hold about as many parameters as the two of
-    the ungated layer (3 x 2/3 = 2)."""
-    return max(8, round(2 * d_ff / 3 / 8) * 8) if ffn in GATED else d_ff
+    to a multiple of 64 (base: 1,344, big: 2,752; whole tiles, and divisible by a tensor
+    axis of 16), so its three matrices hold about as many parameters as the ungated layer's
+    two (3 x 2/3 = 2)."""
+    return max(64, round(2 * d_ff / 3 / 64) * 64) if ffn in GATED else d_ff
 
 
 class FeedForward(nnx.Module):
@@ -493,7 +520,8 @@ class Residual(nnx.Module):
 
     post-LN (the paper, section 3.1): LayerNorm(x + Dropout(Sublayer(x))).
     pre-LN: x + Dropout(Sublayer(LayerNorm(x))); the residual path is an identity, which
-    trains deep stacks without warmup tuning but needs a final LayerNorm on the stack output.
+    trains deep stacks without warmup tuning but needs a final norm on the stack output.
+    The norm is ``cfg.norm``: LayerNorm or RMSNorm.
     """
 
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):

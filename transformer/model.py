@@ -52,7 +52,8 @@ def _invalid(field: str, value, valid: str) -> ValueError:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Hyperparameters of an ``EncoderDecoder``; build one with ``ModelConfig.make``."""
+    """Hyperparameters of an ``EncoderDecoder`` or a ``DecoderOnly``; build one with
+    ``ModelConfig.make``."""
     vocab_size: int
     d_model: int
     d_ff: int
@@ -115,6 +116,10 @@ class ModelConfig:
             raise _invalid('attention_impl', self.attention_impl, problem)
         if self.architecture not in ARCHITECTURES:
             raise _invalid('architecture', self.architecture, f'expected one of {ARCHITECTURES}')
+        if self.attention_impl == 'splash' and self.architecture == 'decoder_only':
+            raise _invalid('attention_impl', self.attention_impl,
+                           "the decoder-only model's source-then-target mask is not a segment "
+                           "mask the splash kernel takes; use 'xla' or 'cudnn'")
         if self.prefix_lm and self.architecture != 'decoder_only':
             raise _invalid('prefix_lm', self.prefix_lm,
                            "a prefix is a decoder-only notion; set model.architecture='decoder_only'")
@@ -265,6 +270,15 @@ class TransformerBase(nnx.Module):
         return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
                 for i in range(count)]
 
+    def init_cache(self, batch_size: int, max_len: int) -> list[layers.KVCache]:
+        """Empty self-attention caches, one per layer of ``self.decoder``, each
+        [b, max_len, g, dh] for g K/V heads (``num_kv_heads``, or all heads)."""
+        cfg = self.cfg
+        shape = (batch_size, max_len, cfg.num_kv_heads or cfg.num_heads, cfg.d_model // cfg.num_heads)
+        count = len(jax.tree.leaves(nnx.state(self.decoder))[0]) if cfg.scan_layers else len(self.decoder)
+        return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
+                for _ in range(count)]
+
     def logits(self, y: Array) -> Array:
         """[b, t, d] decoder states -> [b, t, V] float32 logits."""
         if self.decoder_norm is not None:
@@ -371,18 +385,10 @@ class EncoderDecoder(TransformerBase):
 
     # -- incremental decoding ------------------------------------------------------------
 
-    def init_cache(self, batch_size: int, max_len: int) -> list[layers.KVCache]:
-        """Empty self-attention caches, one per decoder layer, each [b, max_len, g, dh] for
-        g K/V heads (``num_kv_heads``, or all heads)."""
-        cfg = self.cfg
-        shape = (batch_size, max_len, cfg.num_kv_heads or cfg.num_heads, cfg.d_model // cfg.num_heads)
-        return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
-                for _ in range(cfg.num_decoder_layers)]
-
     def cross_kv(self, encoded: Array) -> list[tuple[Array, Array]]:
         """Cross-attention keys and values of every decoder layer, computed once per source.
 
-        encoded: [b, s, d] -> per layer (k, v), each [b, s, h, dh].
+        encoded: [b, s, d] -> per layer (k, v), each [b, s, g, dh] (g K/V heads).
         """
         return [layer.cross_attention.project_kv(encoded)
                 for layer in self._each_layer(self.decoder)]

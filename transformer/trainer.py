@@ -130,7 +130,8 @@ def write_run_info(run: Run) -> None:
         f.write(run.config.to_json_best_effort(indent=2))
     info = {'git': git_hash(), 'jax': jax.__version__, 'devices': [str(x) for x in jax.devices()],
             'processes': jax.process_count(), 'mesh': dict(run.mesh.shape),
-            'vocab_size': run.tokenizer.vocab_size, 'parameters': run.num_params}
+            'vocab_size': run.tokenizer.vocab_size, 'parameters': run.num_params,
+            'prng_impl': jax.config.jax_default_prng_impl}
     with open(os.path.join(run.workdir, 'run_info.json'), 'w') as f:
         json.dump(info, f, indent=2)
 
@@ -243,11 +244,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     batches = itertools.islice(input_pipeline.eval_batches(
                         run.splits['validation'], run.tokenizer, run.lengths, eval_rows),
                         t.eval_batches)
+                    eval_start = time.perf_counter()
                     val_metrics = evaluate_loss(eval_step, state.params, batches, batch_sharding)
                     writer.write(step, 'validation', val_metrics)
                     progress.write(f'step {step}: validation loss {val_metrics["loss"]:.4f}, '
                                    f'accuracy {val_metrics["accuracy"]:.2f}%')
-                    tick = time.perf_counter()  # evaluation time is not training throughput
+                    tick += time.perf_counter() - eval_start  # not training throughput
 
                 if save:
                     run.checkpointer.save(step, state, _gather_data_state(train_iter))
@@ -271,7 +273,8 @@ class Utilization:
         self.step_flops = flops.train_flops(config_lib.model_config(config, vocab_size),
                                             d.max_source_length, d.max_target_length,
                                             t.batch_size * t.grad_accum_steps)
-        peak, source = flops.peak_flops_per_device()
+        m = config.model
+        peak, source = flops.peak_flops_per_device(m.matmul_dtype or m.dtype)
         self.peak = peak * num_devices
         log.info('MFU is model FLOPs over %d device(s) x %.3g FLOP/s (%s)', num_devices, peak,
                  source)
@@ -282,14 +285,15 @@ class Utilization:
 
 class Profiler:
     """A ``jax.profiler`` trace of steps start + 1 .. start + count into ``directory``
-    (TensorBoard's profile plugin reads it; the .trace.json.gz opens in Perfetto)."""
+    (TensorBoard's profile plugin reads it; the .trace.json.gz opens in Perfetto). A run
+    resumed after step start + 1 takes no trace."""
 
     def __init__(self, directory: str, start: int, count: int):
         self.directory, self.first, self.last = directory, start + 1, start + count
         self.active = False
 
     def before(self, step: int) -> None:
-        if self.last >= self.first == step:
+        if step == self.first and self.last >= self.first:
             jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
             self.active = True
             log.info('Profiling steps %d to %d into %s', self.first, self.last, self.directory)
