@@ -11,7 +11,6 @@ from transformer import host_memory
 
 host_memory.keep_freed_memory()  # before any library starts threads that allocate
 
-import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -40,30 +39,6 @@ flags.DEFINE_string('topology', '', 'With --compile_only: compile for this TPU s
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def compile_only(config, topology: str) -> int:
-    """Prints a summary (stderr) and one JSON line (stdout); 1 if it does not fit."""
-    result = compile_check.report(config, topology)
-    mesh = ' x '.join(f'{k}={v}' for k, v in result['mesh'].items())
-    print(f'compiled the train step of model.variant={config.model.variant} for mesh {mesh} '
-          f'over {result["devices"]} devices ({result["device_kind"]})', file=sys.stderr)
-    if result['hbm_per_chip_gib'] is not None:
-        capacity = result['hbm_capacity_gib']
-        print(f'  memory per chip: {result["hbm_per_chip_gib"]:.2f} GiB'
-              + (f' of {capacity} GiB' if capacity else ''), file=sys.stderr)
-    print(json.dumps(result), flush=True)
-    if result['fits'] is False:
-        over = result['hbm_per_chip_gib'] - result['hbm_capacity_gib']
-        fix = compile_check.what_would_fit(config, topology)
-        advice = (f'it fits with {" ".join(fix["flags"])} ({fix["report"]["hbm_per_chip_gib"]:.2f} '
-                  'GiB per chip)' if fix else 'no remat or FSDP setting fits; use more chips '
-                  'or a smaller train.batch_size with train.grad_accum_steps')
-        print(f'Error: does not fit: {result["hbm_per_chip_gib"]:.2f} GiB per chip, '
-              f'{over:.2f} GiB over the {result["hbm_capacity_gib"]} GiB of '
-              f'{result["device_kind"]}; {advice}.', file=sys.stderr)
-        return 1
-    return 0
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -75,7 +50,7 @@ def main(argv):
     platform_settings.configure()
     if FLAGS.compile_only:
         try:
-            sys.exit(compile_only(FLAGS.config, FLAGS.topology))
+            sys.exit(compile_check.print_report(FLAGS.config, FLAGS.topology))
         except (ConfigError, MeshError, compile_check.TopologyError) as e:
             raise SystemExit(f'Error: {e}') from None
     try:

@@ -40,9 +40,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 jax.config.update('jax_platforms', 'cpu')
 
+from configs.common import ARCH_PRESETS  # noqa: E402
 from transformer.model import EncoderDecoder, ModelConfig  # noqa: E402
 
 VOCAB = 40
+# Today's block, every switch at once, for the tiny model's 4 heads: pre-RMSNorm, rotary
+# positions, SwiGLU, grouped-query attention with 2 K/V heads, QK-norm, no biases.
+MODERN = dict(ARCH_PRESETS['modern'], num_kv_heads=2)
 
 
 def make_model(seed: int = 0, vocab_size: int = VOCAB, **overrides) -> EncoderDecoder:

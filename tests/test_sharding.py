@@ -74,9 +74,8 @@ def test_sharded_train_step_equals_the_one_device_step():
     assert out.returncode == 0, out.stderr[-3000:]
     results = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{')]
     assert [r['mesh'] for r in results] == [dict(data=8, fsdp=1, tensor=1),
-                                            dict(data=2, fsdp=2, tensor=2),
                                             dict(data=2, fsdp=2, tensor=2)]
-    assert results[2]['model']['scan_layers'] and results[2]['model']['ffn'] == 'swiglu'
+    assert results[1]['model']['scan_layers'] and results[1]['model']['ffn'] == 'swiglu'
     for r in results:
         assert r['tokens'] == r['ref_tokens']
         assert abs(r['loss'] - r['ref_loss']) <= 1e-5 * abs(r['ref_loss']), r
@@ -84,7 +83,7 @@ def test_sharded_train_step_equals_the_one_device_step():
         assert r['param_diff'] <= 1e-5, r
         assert r['misplaced'] == [], r
     assert results[0]['split_params'] == 0          # data=8: every parameter replicated
-    assert results[1]['split_params'] > 0 and results[2]['split_params'] > 0
+    assert results[1]['split_params'] > 0
 
 
 @pytest.mark.parametrize('variant', ['base'])
@@ -201,17 +200,17 @@ def test_tiny_model_compiles_for_a_tpu_topology_on_this_cpu():
         compile_check.report(config, 'v5e-16')
 
 
-def test_a_config_too_big_for_the_chips_exits_naming_the_excess_and_what_fits(tmp_path,
-                                                                              data_dir):
+def test_a_config_too_big_for_the_chips_exits_naming_the_excess_and_what_fits(capsys):
+    """What train.py --compile_only --topology=v5e:2x2 prints and returns (its exit code)."""
     # A 50M-piece vocabulary: its embedding, gradient and Adam moments replicated on every
     # chip take ~24 GiB of a v5e's 16; split over the four chips (FSDP) they fit.
-    out = subprocess.run(
-        [sys.executable, 'train.py', *tiny(data_dir, tmp_path / 'w'), '--compile_only',
-         '--topology=v5e:2x2', '--config.data.vocab_size=50000000', '--config.train.batch_size=4',
-         '--config.data.max_source_length=2', '--config.data.max_target_length=2'],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 1, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1])['fits'] is False
+    config = load_config('configs/default.py:tiny')
+    config.data.vocab_size = 50_000_000
+    config.train.batch_size = 4
+    config.data.max_source_length = config.data.max_target_length = 2
+    assert compile_check.print_report(config, 'v5e:2x2') == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])['fits'] is False
     assert re.search(r'Error: does not fit: [\d.]+ GiB per chip, [\d.]+ GiB over the 16 GiB of '
                      r'TPU v5 lite; it fits with --config.mesh.data=1 --config.mesh.fsdp=-1',
-                     out.stderr), out.stderr[-2000:]
+                     err), err[-2000:]

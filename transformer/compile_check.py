@@ -11,9 +11,11 @@ it should run before anyone pays for the pod.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -184,3 +186,28 @@ def what_would_fit(config: ml_collections.ConfigDict, topology: str, devices=Non
         if result['fits']:
             return {'flags': [f'--config.{k}={v}' for k, v in change.items()], 'report': result}
     return None
+
+
+def print_report(config: ml_collections.ConfigDict, topology: str = '') -> int:
+    """``train.py --compile_only``: compiles, prints a summary (stderr) and one JSON line
+    (stdout); returns 1 if the step does not fit, naming the excess and what would fit."""
+    result = report(config, topology)
+    mesh = ' x '.join(f'{k}={v}' for k, v in result['mesh'].items())
+    print(f'compiled the train step of model.variant={config.model.variant} for mesh {mesh} '
+          f'over {result["devices"]} devices ({result["device_kind"]})', file=sys.stderr)
+    if result['hbm_per_chip_gib'] is not None:
+        capacity = result['hbm_capacity_gib']
+        print(f'  memory per chip: {result["hbm_per_chip_gib"]:.2f} GiB'
+              + (f' of {capacity} GiB' if capacity else ''), file=sys.stderr)
+    print(json.dumps(result), flush=True)
+    if result['fits'] is False:
+        over = result['hbm_per_chip_gib'] - result['hbm_capacity_gib']
+        fix = what_would_fit(config, topology)
+        advice = (f'it fits with {" ".join(fix["flags"])} ({fix["report"]["hbm_per_chip_gib"]:.2f} '
+                  'GiB per chip)' if fix else 'no remat or FSDP setting fits; use more chips '
+                  'or a smaller train.batch_size with train.grad_accum_steps')
+        print(f'Error: does not fit: {result["hbm_per_chip_gib"]:.2f} GiB per chip, '
+              f'{over:.2f} GiB over the {result["hbm_capacity_gib"]} GiB of '
+              f'{result["device_kind"]}; {advice}.', file=sys.stderr)
+        return 1
+    return 0

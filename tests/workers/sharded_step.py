@@ -19,16 +19,16 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import default  # noqa: E402
+from configs.common import ARCH_PRESETS  # noqa: E402
 from transformer import sharding, steps  # noqa: E402
 from transformer.model import EncoderDecoder, ModelConfig  # noqa: E402
 
 jax.config.update('jax_platforms', 'cpu')
-# Pure data parallelism, and all three axes at once; the second also with today's block
+# Pure data parallelism with the paper's block; all three axes at once with today's block
 # (every variant switch) in scanned, rematerialized layers (stacked parameters gain a
 # leading, unsharded axis).
-MODERN = dict(pre_ln=True, norm='rmsnorm', positional='rope', ffn='swiglu', num_kv_heads=2,
-              qk_norm=True, use_bias=False)
-CASES = [(dict(data=8, fsdp=1, tensor=1), {}), (dict(data=2, fsdp=2, tensor=2), {}),
+MODERN = dict(ARCH_PRESETS['modern'], num_kv_heads=2)
+CASES = [(dict(data=8, fsdp=1, tensor=1), {}),
          (dict(data=2, fsdp=2, tensor=2), dict(MODERN, scan_layers=True, remat='dots'))]
 RULES = default.get_config().mesh.rules.to_dict()
 VOCAB, ROWS, LENGTH = 64, 16, 12
