@@ -16,7 +16,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +23,8 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.common import median_seconds
-from benchmarks.jax_cases import _synthetic_batch
-from transformer import decode, flops, optim, steps
+from benchmarks.jax_cases import _synthetic_batch, time_train_step
+from transformer import decode, flops
 from transformer.model import EncoderDecoder, ModelConfig
 from transformer.tokenizer import BOS_ID
 
@@ -62,25 +61,7 @@ def train(variant: str, attention_impl: str, remat: str, prng: str = '', *,
     rows = rows or ROWS[variant]
     cfg = ModelConfig.make(variant, VOCAB, dtype='bfloat16', attention_impl=attention_impl,
                            remat=remat)
-    optimizer = optim.make_optimizer(optim.rsqrt_schedule(1e-4, 100, 0), 'adam',
-                                     dict(b1=0.9, b2=0.98, eps=1e-9))
-    make_model = lambda: EncoderDecoder(cfg, rngs=nnx.Rngs(0))  # noqa: E731
-    graphdef, _ = steps.abstract_state(make_model, optimizer)
-    state = steps.init_state(make_model, optimizer)
-    step = steps.make_train_step(graphdef, optimizer, label_smoothing=0.1, dropout_seed=0)
-    data = _synthetic_batch(rows, length, length, VOCAB)
-    start = time.perf_counter()
-    compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - start
-    holder = {'state': state}
-
-    def run():
-        holder['state'], sums = compiled(holder['state'], data)
-        jax.block_until_ready(sums)
-
-    seconds = median_seconds(run, warmup=3, repeats=10)
-    return {'step_s': seconds, 'tokens_per_s': rows * length / seconds, 'compile_s': compile_s,
-            'model_flops': flops.train_flops(cfg, length, length, rows),
+    return {**time_train_step(cfg, rows, length, length, warmup=3, repeats=10),
             'peak_memory_gib': _peak_memory_gib()}
 
 

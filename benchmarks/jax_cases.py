@@ -48,6 +48,14 @@ def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeat
     # 'mixed': float32 activations, bfloat16 matmul operands in both passes.
     precision = dict(matmul_dtype='bfloat16') if dtype == 'mixed' else dict(dtype=dtype)
     cfg = ModelConfig.make(variant, vocab, dropout_rate=dropout, **precision)
+    return {**time_train_step(cfg, batch, src_len, tgt_len, warmup=warmup, repeats=repeats),
+            'peak_rss_mib': peak_rss_mib()}
+
+
+def time_train_step(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int, *, warmup: int,
+                    repeats: int) -> dict:
+    """Median step time of ``cfg``'s train step (Adam) on a synthetic batch, its compile time,
+    target tokens per second and model FLOPs."""
     def make_model():
         return EncoderDecoder(cfg, rngs=nnx.Rngs(0))
     optimizer = optim.make_optimizer(optim.rsqrt_schedule(1e-4, 100, 0), 'adam',
@@ -55,7 +63,7 @@ def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeat
     graphdef, _ = steps.abstract_state(make_model, optimizer)
     state = steps.init_state(make_model, optimizer)
     step = steps.make_train_step(graphdef, optimizer, label_smoothing=0.1, dropout_seed=0)
-    data = _synthetic_batch(batch, src_len, tgt_len, vocab)
+    data = _synthetic_batch(rows, src_len, tgt_len, cfg.vocab_size)
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
     compile_s = time.perf_counter() - start
@@ -66,9 +74,8 @@ def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeat
         jax.block_until_ready(sums)
 
     seconds = median_seconds(run, warmup=warmup, repeats=repeats)
-    return {'step_s': seconds, 'tokens_per_s': batch * tgt_len / seconds, 'compile_s': compile_s,
-            'model_flops': train_flops(cfg, src_len, tgt_len, batch),
-            'peak_rss_mib': peak_rss_mib()}
+    return {'step_s': seconds, 'tokens_per_s': rows * tgt_len / seconds, 'compile_s': compile_s,
+            'model_flops': train_flops(cfg, src_len, tgt_len, rows)}
 
 
 def decoding(kind: str, dtype: str, *, warmup: int = 1, repeats: int = 3) -> dict:

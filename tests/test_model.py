@@ -252,34 +252,25 @@ def _loss_and_grads(model, src, tgt, rng_key):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
-def test_rematerialization_gives_the_same_loss_and_gradients(rng):
+def test_rematerialized_and_scanned_layers_give_the_same_loss_and_gradients(rng):
+    """Against the plain model, dropout on (the recomputed forward must draw the same masks):
+    each remat policy, and scanned layers (rematerialized too) once the unrolled parameters
+    are stacked; converting back restores the parameters exactly."""
     src, tgt = random_tokens(rng, 3, 7, min_len=2), random_tokens(rng, 3, 6)
-    key = jax.random.key(3)  # dropout on: the recomputed forward must draw the same masks
-    want_loss, want_grads = _loss_and_grads(make_model(dropout_rate=0.2), src, tgt, key)
-    for remat in ('full', 'dots'):
-        loss, grads = _loss_and_grads(make_model(dropout_rate=0.2, remat=remat), src, tgt, key)
-        np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
-                     grads, want_grads)
-
-
-def test_scanned_layers_compute_the_unrolled_model_with_converted_parameters(rng):
-    """Outputs and gradients (dropout on, rematerialized) agree once the unrolled parameters
-    are stacked, and converting back restores them exactly."""
-    unrolled = make_model(dropout_rate=0.2, remat='full')
+    key = jax.random.key(3)
+    plain = make_model(dropout_rate=0.2)
+    params = nnx.state(plain, nnx.Param)
+    want_loss, want_grads = _loss_and_grads(plain, src, tgt, key)
     scanned = make_model(dropout_rate=0.2, scan_layers=True, remat='full')
-    params = nnx.state(unrolled, nnx.Param)
     assert nnx.state(scanned, nnx.Param)['encoder']['feed_forward']['wi']['kernel'].shape == (
         2, 32, 64)
     nnx.update(scanned, convert_layers(params, nnx.state(scanned, nnx.Param)))
-    src, tgt = random_tokens(rng, 3, 7, min_len=2), random_tokens(rng, 3, 6)
-    key = jax.random.key(3)
-    loss, grads = _loss_and_grads(scanned, src, tgt, key)
-    want_loss, want_grads = _loss_and_grads(unrolled, src, tgt, key)
-    np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
-    grads = convert_layers(grads, params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
-                 grads, want_grads)
+    for model in (make_model(dropout_rate=0.2, remat='full'),
+                  make_model(dropout_rate=0.2, remat='dots'), scanned):
+        loss, grads = _loss_and_grads(model, src, tgt, key)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4),
+                     convert_layers(grads, params), want_grads)
     back = convert_layers(nnx.state(scanned, nnx.Param), params)
     jax.tree.map(np.testing.assert_array_equal, back, params)
-    assert count_params(scanned) == count_params(unrolled)
+    assert count_params(scanned) == count_params(plain)
