@@ -190,7 +190,8 @@ def what_would_fit(config: ml_collections.ConfigDict, topology: str, devices=Non
 
 def print_report(config: ml_collections.ConfigDict, topology: str = '') -> int:
     """``train.py --compile_only``: compiles, prints a summary (stderr) and one JSON line
-    (stdout); returns 1 if the step does not fit, naming the excess and what would fit."""
+    (stdout); returns 1 if the step does not fit, naming the excess and what would fit (the
+    JSON line then also holds, under 'fits_with', the flags and report of that setting)."""
     result = report(config, topology)
     mesh = ' x '.join(f'{k}={v}' for k, v in result['mesh'].items())
     print(f'compiled the train step of model.variant={config.model.variant} for mesh {mesh} '
@@ -199,15 +200,16 @@ def print_report(config: ml_collections.ConfigDict, topology: str = '') -> int:
         capacity = result['hbm_capacity_gib']
         print(f'  memory per chip: {result["hbm_per_chip_gib"]:.2f} GiB'
               + (f' of {capacity} GiB' if capacity else ''), file=sys.stderr)
-    print(json.dumps(result), flush=True)
-    if result['fits'] is False:
-        over = result['hbm_per_chip_gib'] - result['hbm_capacity_gib']
-        fix = what_would_fit(config, topology)
-        advice = (f'it fits with {" ".join(fix["flags"])} ({fix["report"]["hbm_per_chip_gib"]:.2f} '
-                  'GiB per chip)' if fix else 'no remat or FSDP setting fits; use more chips '
-                  'or a smaller train.batch_size with train.grad_accum_steps')
-        print(f'Error: does not fit: {result["hbm_per_chip_gib"]:.2f} GiB per chip, '
-              f'{over:.2f} GiB over the {result["hbm_capacity_gib"]} GiB of '
-              f'{result["device_kind"]}; {advice}.', file=sys.stderr)
-        return 1
-    return 0
+    if result['fits'] is not False:
+        print(json.dumps(result), flush=True)
+        return 0
+    fix = what_would_fit(config, topology)
+    print(json.dumps(dict(result, fits_with=fix)), flush=True)
+    over = result['hbm_per_chip_gib'] - result['hbm_capacity_gib']
+    advice = (f'it fits with {" ".join(fix["flags"])} ({fix["report"]["hbm_per_chip_gib"]:.2f} '
+              'GiB per chip)' if fix else 'no remat or FSDP setting fits; use more chips '
+              'or a smaller train.batch_size with train.grad_accum_steps')
+    print(f'Error: does not fit: {result["hbm_per_chip_gib"]:.2f} GiB per chip, '
+          f'{over:.2f} GiB over the {result["hbm_capacity_gib"]} GiB of '
+          f'{result["device_kind"]}; {advice}.', file=sys.stderr)
+    return 1
