@@ -33,18 +33,6 @@ def test_the_mask_keeps_examples_apart_and_the_source_blind_to_the_target():
 
 
 @pytest.mark.parametrize('overrides', [dict(MODERN, prefix_lm=True)])
-def test_changing_future_targets_never_changes_earlier_logits(rng, overrides):
-    model = Compiled(make(**overrides))
-    src = random_tokens(rng, 3, 6)
-    tgt = rng.integers(4, VOCAB, (3, 7)).astype(np.int32)
-    base = model(src, tgt)
-    for t in (1, 4, 6):
-        changed = tgt.copy()
-        changed[:, t:] = rng.integers(4, VOCAB, (3, 7 - t))
-        np.testing.assert_allclose(model(src, changed)[:, :t], base[:, :t], atol=1e-5)
-
-
-@pytest.mark.parametrize('overrides', [dict(MODERN, prefix_lm=True)])
 def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
     model = Compiled(make(**overrides))
     a_src, b_src = rng.integers(4, VOCAB, 3), rng.integers(4, VOCAB, 4)
@@ -62,11 +50,11 @@ def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
     np.testing.assert_allclose(packed[0, 5:7], alone_b[0], atol=1e-5)
 
 
-@pytest.mark.parametrize('overrides', [{}, {'prefix_lm': True, 'scan_layers': True},
-                                       dict(MODERN, prefix_lm=True)])
+@pytest.mark.parametrize('overrides', [{}, dict(MODERN, prefix_lm=True, scan_layers=True)])
 def test_cached_step_by_step_decoding_equals_full_forward(rng, overrides):
     """The source's keys and values come from the source alone, so this also shows that in
-    training no source position attends to the target."""
+    training no source position attends to the target, and (each step seeing only earlier
+    targets) that no logit depends on a later target."""
     model = Compiled(make(**overrides))
     src = random_tokens(rng, 3, 7, min_len=2)
     tgt = rng.integers(4, VOCAB, (3, 6)).astype(np.int32)

@@ -90,9 +90,9 @@ def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
 
 
 @pytest.mark.parametrize('overrides', [
-    {}, {'pre_ln': True, 'share_embeddings': False, 'positional': 'learned'},
-    {'scan_layers': True, 'attention_impl': 'cudnn', 'remat': 'dots'}, MODERN,
-    {'ffn': 'gelu', 'num_kv_heads': 1, 'norm': 'rmsnorm'},
+    {}, {'pre_ln': True, 'share_embeddings': False, 'positional': 'learned'}, MODERN,
+    {'scan_layers': True, 'attention_impl': 'cudnn', 'remat': 'dots', 'ffn': 'gelu',
+     'num_kv_heads': 1, 'norm': 'rmsnorm'},
     {'ffn': 'geglu', 'qk_norm': True, 'positional': 'rope', 'scan_layers': True}])
 def test_cached_step_by_step_decoding_equals_full_forward(rng, overrides):
     model = Compiled(make_model(**overrides))
