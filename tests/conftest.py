@@ -79,6 +79,23 @@ class Compiled:
         return self._method(name) if name in self.METHODS else getattr(self.module, name)
 
 
+def assert_packing_keeps_examples_apart(model, rng: np.random.Generator) -> None:
+    """Two examples packed in one row (with a padding slot) give each the logits it has alone."""
+    a_src, b_src = rng.integers(4, VOCAB, 3), rng.integers(4, VOCAB, 4)
+    a_tgt, b_tgt = rng.integers(4, VOCAB, 5), rng.integers(4, VOCAB, 2)
+    packed_src = np.concatenate([a_src, b_src, [0]])[None].astype(np.int32)
+    packed_tgt = np.concatenate([a_tgt, b_tgt, [0]])[None].astype(np.int32)
+    src_seg = np.array([[1, 1, 1, 2, 2, 2, 2, 0]], np.int32)
+    tgt_seg = np.array([[1, 1, 1, 1, 1, 2, 2, 0]], np.int32)
+    src_pos = np.array([[0, 1, 2, 0, 1, 2, 3, 0]], np.int32)
+    tgt_pos = np.array([[0, 1, 2, 3, 4, 0, 1, 0]], np.int32)
+    packed = model(packed_src, packed_tgt, src_seg, tgt_seg, src_pos, tgt_pos)
+    alone_a = model(a_src[None].astype(np.int32), a_tgt[None].astype(np.int32))
+    alone_b = model(b_src[None].astype(np.int32), b_tgt[None].astype(np.int32))
+    np.testing.assert_allclose(packed[0, :5], alone_a[0], atol=1e-5)
+    np.testing.assert_allclose(packed[0, 5:7], alone_b[0], atol=1e-5)
+
+
 def random_tokens(rng: np.random.Generator, batch: int, length: int, *,
                   min_len: int = 1) -> np.ndarray:
     """[batch, length] ids in [4, VOCAB), each row 0-padded after a random length."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import MODERN, VOCAB, Compiled, random_tokens
+from conftest import MODERN, VOCAB, Compiled, assert_packing_keeps_examples_apart, random_tokens
 from transformer import decode
 from transformer.decoder_only import DecoderOnly, sequence_mask
 from transformer.model import ModelConfig, count_params
@@ -35,19 +35,7 @@ def test_the_mask_keeps_examples_apart_and_the_source_blind_to_the_target():
 @pytest.mark.parametrize('overrides', [dict(MODERN, prefix_lm=True)])
 def test_packed_rows_equal_the_examples_run_separately(rng, overrides):
     model = Compiled(make(**overrides))
-    a_src, b_src = rng.integers(4, VOCAB, 3), rng.integers(4, VOCAB, 4)
-    a_tgt, b_tgt = rng.integers(4, VOCAB, 5), rng.integers(4, VOCAB, 2)
-    packed_src = np.concatenate([a_src, b_src, [0]])[None].astype(np.int32)
-    packed_tgt = np.concatenate([a_tgt, b_tgt, [0]])[None].astype(np.int32)
-    src_seg = np.array([[1, 1, 1, 2, 2, 2, 2, 0]], np.int32)
-    tgt_seg = np.array([[1, 1, 1, 1, 1, 2, 2, 0]], np.int32)
-    src_pos = np.array([[0, 1, 2, 0, 1, 2, 3, 0]], np.int32)
-    tgt_pos = np.array([[0, 1, 2, 3, 4, 0, 1, 0]], np.int32)
-    packed = model(packed_src, packed_tgt, src_seg, tgt_seg, src_pos, tgt_pos)
-    alone_a = model(a_src[None].astype(np.int32), a_tgt[None].astype(np.int32))
-    alone_b = model(b_src[None].astype(np.int32), b_tgt[None].astype(np.int32))
-    np.testing.assert_allclose(packed[0, :5], alone_a[0], atol=1e-5)
-    np.testing.assert_allclose(packed[0, 5:7], alone_b[0], atol=1e-5)
+    assert_packing_keeps_examples_apart(model, rng)
 
 
 @pytest.mark.parametrize('overrides', [{}, dict(MODERN, prefix_lm=True, scan_layers=True)])

@@ -112,23 +112,11 @@ class DecoderOnly(TransformerBase):
         new_cache = []
         for layer, layer_cache, (src_k, src_v) in zip(self._each_layer(self.decoder), cache,
                                                       cross_kv):
-            attention = layer.self_attention
-
-            def attend(z, layer_cache=layer_cache, src_k=src_k, src_v=src_v, attention=attention):
-                k, v = attention.project_kv(z, positions)
-                written = {name: jax.lax.dynamic_update_slice_in_dim(
-                    layer_cache[name], new.astype(layer_cache[name].dtype), index, 1)
-                    for name, new in (('k', k), ('v', v))}
+            def attend(z, layer=layer, layer_cache=layer_cache, prefix=(src_k, src_v)):
+                out, written = layer.self_attention.attend_cached(
+                    z, layer_cache, index, positions=positions, prefix=(*prefix, src_segments != 0))
                 new_cache.append(written)
-                visible = jnp.concatenate(
-                    [src_segments != 0,
-                     jnp.broadcast_to(jnp.arange(written['k'].shape[1]) <= index,
-                                      (z.shape[0], written['k'].shape[1]))], 1)  # [b, s + L]
-                keys = jnp.concatenate([src_k, written['k'].astype(src_k.dtype)], 1)
-                values = jnp.concatenate([src_v, written['v'].astype(src_v.dtype)], 1)
-                out = layers.attend(attention.queries(z, positions), keys, values,
-                                    visible[:, None, None, :])
-                return attention.out(out)
+                return out
 
             x = layer.attention_block(x, attend, None)
             x = layer.ff_block(x, layer.feed_forward, None)

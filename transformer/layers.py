@@ -230,7 +230,8 @@ def attention_impl_problem(impl: str, attention_dropout: float) -> str | None:
 
 
 def attend(q: Array, k: Array, v: Array, mask: Mask | Array, impl: str = 'xla', *,
-           dropout_rate: float = 0.0, dropout_rng: Array | None = None) -> Array:
+           dropout_rate: float = 0.0, dropout_rng: Array | None = None,
+           return_weights: bool = False):
     """Scaled dot-product attention by the implementation ``impl`` names.
 
     'xla': ``dot_product_attention`` above (einsums; the reference, and the only one with
@@ -243,13 +244,16 @@ def attend(q: Array, k: Array, v: Array, mask: Mask | Array, impl: str = 'xla', 
     each K/V head serving h / g query heads) -> [b, q, h, dh] in the dtype of ``v``. ``mask``:
     a ``Mask``, or any boolean array broadcastable to [b, h, q, k] ('xla' and 'cudnn' only).
     Outputs at padding queries (segment 0) differ between implementations: nothing reads them.
+    ``return_weights`` (the einsum path only) also returns the [b, h, q, k] weights.
     """
+    if return_weights:
+        impl = 'xla'  # the fused kernels never form the weights
     dense = mask.dense() if isinstance(mask, Mask) else mask
     if impl != 'cudnn' and k.shape[2] != q.shape[2]:  # grouped-query: share each K/V head
         k, v = (jnp.repeat(x, q.shape[2] // k.shape[2], axis=2) for x in (k, v))
     if impl == 'xla':
         return dot_product_attention(q, k, v, dense, dropout_rate=dropout_rate,
-                                     dropout_rng=dropout_rng)
+                                     dropout_rng=dropout_rng, return_weights=return_weights)
     problem = attention_impl_problem(impl, dropout_rate if dropout_rng is not None else 0.0)
     if problem:
         raise ValueError(f'model.attention_impl={impl!r}: {problem}')
@@ -410,36 +414,44 @@ class MultiHeadAttention(nnx.Module):
         """
         k, v = self.project_kv(x, positions) if kv is None else kv
         q = self.queries(x, positions)
-        if return_weights:
-            dense = mask.dense() if isinstance(mask, Mask) else mask
-            k, v = (jnp.repeat(a, q.shape[2] // a.shape[2], axis=2) for a in (k, v))
-            out, weights = dot_product_attention(
-                q, k, v, dense, dropout_rate=self.attention_dropout,
-                dropout_rng=dropout_rng, return_weights=True)
-            return self.out(out), weights
         # A single query (a decoding step) gains nothing from a fused kernel: einsums.
         impl = 'xla' if q.shape[1] == 1 else self.attention_impl
-        return self.out(attend(q, k, v, mask, impl, dropout_rate=self.attention_dropout,
-                               dropout_rng=dropout_rng))
+        result = attend(q, k, v, mask, impl, dropout_rate=self.attention_dropout,
+                        dropout_rng=dropout_rng, return_weights=return_weights)
+        if return_weights:
+            return self.out(result[0]), result[1]
+        return self.out(result)
 
-    def attend_cached(self, x: Array, cache: KVCache, index: Array) -> tuple[Array, KVCache]:
+    def attend_cached(self, x: Array, cache: KVCache, index: Array, *,
+                      positions: Array | None = None,
+                      prefix: tuple[Array, Array, Array] | None = None) -> tuple[Array, KVCache]:
         """One decoding step of causal self-attention.
 
         Args:
-          x: [b, 1, d], the input at position ``index``.
-          cache: keys and values of positions < index, each [b, L, g, dh].
-          index: scalar int, the position being decoded.
+          x: [b, 1, d], the input at cache slot ``index``.
+          cache: keys and values of slots < index, each [b, L, g, dh].
+          index: scalar int, the slot being decoded.
+          positions: [b, 1], the position rotary embeddings see (default: ``index``).
+          prefix: keys and values every step also attends to, each [b, s, g, dh], and which
+            of them are real, [b, s] bool (a decoder-only model's source).
         Returns:
-          [b, 1, d] output and the cache with this position's key and value written in.
+          [b, 1, d] output and the cache with this slot's key and value written in.
         """
-        positions = jnp.full((x.shape[0], 1), index, jnp.int32)
+        if positions is None:
+            positions = jnp.full((x.shape[0], 1), index, jnp.int32)
         k, v = self.project_kv(x, positions)
         cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), index, 1),
                  'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), index, 1)}
-        # Positions after ``index`` hold zeros (or stale values): mask them out.
-        visible = jnp.arange(cache['k'].shape[1]) <= index  # [L]
-        out = attend(self.queries(x, positions), cache['k'], cache['v'],
-                     visible[None, None, None, :])
+        # Slots after ``index`` hold zeros (or stale values): mask them out.
+        keys, values = cache['k'], cache['v']
+        visible = jnp.broadcast_to(jnp.arange(keys.shape[1]) <= index,
+                                   (x.shape[0], keys.shape[1]))                # [b, L]
+        if prefix is not None:
+            prefix_k, prefix_v, prefix_visible = prefix
+            keys = jnp.concatenate([prefix_k, keys.astype(prefix_k.dtype)], 1)
+            values = jnp.concatenate([prefix_v, values.astype(prefix_v.dtype)], 1)
+            visible = jnp.concatenate([prefix_visible, visible], 1)           # [b, s + L]
+        out = attend(self.queries(x, positions), keys, values, visible[:, None, None, :])
         return self.out(out), cache
 
 
