@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.batch_size = 32          # rows per update (per micro-batch with accumulation)
     config.train.grad_accum_steps = 1     # n > 1: n micro-batches of batch_size rows per update
     config.train.num_steps = 100_000
+    # > 0: train for this many minutes instead: num_steps becomes the steps that fit, from a
+    # step time measured at the start (saved in WORKDIR/budget.json; see trainer.py).
+    config.train.time_budget_minutes = 0.0
     config.train.learning_rate = 1e-3     # the peak of the schedule
     config.train.warmup_steps = 4000
     config.train.schedule = 'rsqrt'       # a name in transformer.optim.SCHEDULES
@@ -150,13 +153,20 @@ def pop_arch(arg: str | None) -> tuple[str | None, str]:
     return rest or None, arch[0] if arch else 'paper'
 
 
-def apply_arch(config: ml_collections.ConfigDict, arch: str) -> ml_collections.ConfigDict:
-    """Sets the ``ARCH_PRESETS[arch]`` fields of ``config.model`` (call after the variant is
-    set: grouped-query attention takes half the variant's heads; a later override of
-    model.variant keeps that number, so set --config.model.num_kv_heads with it)."""
-    config.model.update(ARCH_PRESETS[arch])
+def arch_fields(arch: str, variant: str) -> dict:
+    """The ``config.model`` fields of ``ARCH_PRESETS[arch]`` for a model of size ``variant``
+    (grouped-query attention takes half its query heads)."""
+    fields = dict(ARCH_PRESETS[arch])
     if arch != 'paper':
-        config.model.num_kv_heads = max(1, model_lib.SIZES[config.model.variant][2] // 2)
+        fields['num_kv_heads'] = max(1, model_lib.SIZES[variant][2] // 2)
+    return fields
+
+
+def apply_arch(config: ml_collections.ConfigDict, arch: str) -> ml_collections.ConfigDict:
+    """Sets the ``arch_fields`` of ``config.model`` (call after the variant is set; a later
+    override of model.variant keeps the K/V head count, so set --config.model.num_kv_heads
+    with it)."""
+    config.model.update(arch_fields(arch, config.model.variant))
     return config
 
 

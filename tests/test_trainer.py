@@ -2,6 +2,7 @@
 (SIGTERM, Ctrl-C), kill -9 during checkpoint writes, NaN loss, a damaged checkpoint. The
 signal and kill cases run train.py as a real subprocess."""
 
+import json
 import os
 import signal
 import subprocess
@@ -139,3 +140,28 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert 'NaN or infinite at step 2' in out.stderr, out.stderr
     assert steps_in(workdir) == [1]
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(final_params(workdir)))
+
+
+def test_time_budget_sets_the_steps_once_and_a_resumed_run_keeps_them(tmp_path, data_dir):
+    workdir = tmp_path / 'run'
+    budget = ('--config.train.time_budget_minutes=0.01', '--config.train.checkpoint_every=1000',
+              '--config.train.eval_every=1000')
+    out = train(data_dir, workdir, *budget)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((workdir / 'budget.json').read_text())
+    assert record['num_steps'] == int(0.01 * 60 / record['step_seconds'])
+    assert steps_in(workdir) == [record['num_steps']]
+    assert 'Time budget 0.01 min' in out.stderr
+    # A resumed run trains to the recorded count (here raised by 3), not a new measurement.
+    record['num_steps'] += 3
+    (workdir / 'budget.json').write_text(json.dumps(record))
+    out = train(data_dir, workdir, *budget)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert steps_in(workdir)[-1] == record['num_steps']
+    out = train(data_dir, workdir, '--config.train.time_budget_minutes=0.5')
+    assert out.returncode != 0 and 'this run was started with 0.01' in out.stderr, out.stderr
+    short = tmp_path / 'short'  # a budget that ends inside the warm-up is refused
+    short.mkdir()
+    (short / 'budget.json').write_text(json.dumps(dict(record, num_steps=3)))
+    out = train(data_dir, short, *budget)
+    assert out.returncode != 0 and 'fits only 3 steps' in out.stderr, out.stderr

@@ -67,6 +67,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(t.grad_accum_steps >= 1, 'train.grad_accum_steps', t.grad_accum_steps,
            'expected a positive integer (1 = no accumulation)')
     _check(t.num_steps > 0, 'train.num_steps', t.num_steps, 'expected a positive integer')
+    _check(t.time_budget_minutes >= 0, 'train.time_budget_minutes', t.time_budget_minutes,
+           'expected >= 0 (0 = train.num_steps decides)')
     _check(t.learning_rate > 0, 'train.learning_rate', t.learning_rate, 'expected > 0')
     _check(0 <= t.warmup_steps <= t.num_steps, 'train.warmup_steps', t.warmup_steps,
            f'expected 0 <= warmup_steps <= train.num_steps={t.num_steps}')

@@ -178,6 +178,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, data_state = restored  # (restored straight into the mesh's shardings)
         train_iter.set_state(data_state)
         log.info('Resumed from step %d in %s', int(state.step), run.checkpointer.directory)
+    if t.time_budget_minutes > 0:
+        fit_steps_to_budget(run, state, train_iter, batch_sharding)
     if is_chief():
         write_run_info(run)  # only now: a refused resume leaves the run's record as it was
     start = int(state.step)
@@ -186,13 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  '--config.train.num_steps to train further.', start, t.num_steps)
 
     # 3. Compile the steps.
-    train_step = steps.make_train_step(run.graphdef, run.optimizer,
-                                       label_smoothing=t.label_smoothing,
-                                       dropout_seed=config.seed + 1,
-                                       grad_accum_steps=t.grad_accum_steps,
-                                       rdrop_alpha=t.rdrop_alpha,
-                                       state_sharding=run.state_sharding,
-                                       batch_sharding=batch_sharding)
+    train_step = _make_train_step(run, batch_sharding)
     eval_step = steps.make_eval_step(run.graphdef, label_smoothing=t.label_smoothing,
                                      params_sharding=run.state_sharding.params,
                                      batch_sharding=batch_sharding)
@@ -231,6 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     summary = losses.summarize(_total(pending))
                     seconds = time.perf_counter() - tick
                     summary.update(tokens_per_sec=tokens / seconds,
+                                   step_seconds=seconds / len(pending),
                                    mfu=utilization.mfu(len(pending), seconds),
                                    learning_rate=float(schedule(step - 1)))
                     writer.write(step, 'train', summary)
@@ -261,6 +258,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run.checkpointer.close()
         writer.close()
     return val_metrics
+
+
+def _make_train_step(run: Run, batch_sharding):
+    config, t = run.config, run.config.train
+    return steps.make_train_step(run.graphdef, run.optimizer, label_smoothing=t.label_smoothing,
+                                 dropout_seed=config.seed + 1,
+                                 grad_accum_steps=t.grad_accum_steps, rdrop_alpha=t.rdrop_alpha,
+                                 state_sharding=run.state_sharding,
+                                 batch_sharding=batch_sharding)
+
+
+BUDGET_FILE = 'budget.json'
+CALIBRATION_STEPS = 10
+
+
+def fit_steps_to_budget(run: Run, state: steps.TrainState, train_iter, batch_sharding) -> None:
+    """Sets ``train.num_steps`` (and the optimizer's schedule) to the steps that fit in
+    ``train.time_budget_minutes`` of training, so the schedule ends where the budget does.
+
+    The step time is measured once, over ``CALIBRATION_STEPS`` steps on a copy of the state
+    and the run's first batch (after one step that compiles; the data position is left as
+    it was), and saved with the step count in WORKDIR/budget.json; a resumed run reads the
+    count back, so it trains the same steps as an uninterrupted one. Compilation, evaluation
+    and checkpoints are outside the budget. With several processes the slowest one counts.
+    """
+    t = run.config.train
+    path = os.path.join(run.workdir, BUDGET_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            budget = json.load(f)
+        if budget['time_budget_minutes'] != t.time_budget_minutes:
+            raise config_lib.ConfigError(
+                f'config.train.time_budget_minutes={t.time_budget_minutes}, but this run was '
+                f'started with {budget["time_budget_minutes"]} ({path}); resume with that, or '
+                'train into a new --workdir.')
+    else:
+        data_state = _gather_data_state(train_iter)
+        batch = sharding.global_batch(next(train_iter), batch_sharding)
+        train_iter.set_state(data_state)
+        probe_step = _make_train_step(run, batch_sharding)
+        probe = jax.tree.map(jnp.copy, state)  # the step donates its input state
+        probe, _ = probe_step(probe, batch)
+        jax.block_until_ready(probe)
+        start = time.perf_counter()
+        for _ in range(CALIBRATION_STEPS):
+            probe, _ = probe_step(probe, batch)
+        jax.block_until_ready(probe)
+        step_seconds = round(max(sharding.allgather_json(
+            (time.perf_counter() - start) / CALIBRATION_STEPS)), 4)
+        del probe
+        budget = {'time_budget_minutes': t.time_budget_minutes, 'step_seconds': step_seconds,
+                  'num_steps': max(1, int(t.time_budget_minutes * 60 / step_seconds))}
+        if is_chief():
+            with open(path, 'w') as f:
+                json.dump(budget, f, indent=2)
+    if budget['num_steps'] <= t.warmup_steps:
+        raise config_lib.ConfigError(
+            f'config.train.time_budget_minutes={t.time_budget_minutes} fits only '
+            f'{budget["num_steps"]} steps of {budget["step_seconds"]:.3f} s, not more than '
+            f'train.warmup_steps={t.warmup_steps}; raise the budget or lower the warm-up.')
+    t.num_steps = budget['num_steps']
+    run.optimizer = config_lib.make_optimizer(run.config)
+    log.info('Time budget %g min at %.3f s/step (%s): train.num_steps=%d',
+             t.time_budget_minutes, budget['step_seconds'], path, t.num_steps)
 
 
 class Utilization:
