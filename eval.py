@@ -96,13 +96,14 @@ def score_and_write(workdir: str, name: str, step: int, sources: list[str],
 
     Returns the scores (also printed, with sacreBLEU's signature and sample translations):
     sacreBLEU (cased, detokenized), the tokenized lowercased BLEU that published Multi30k
-    results use, and exact match.
+    results use, chrF and exact match.
     """
     score, signature = metrics.bleu(hypotheses, references)
     tok_score = metrics.tokenized_bleu(hypotheses, references, target_language)
     result = {'name': name, 'step': step, 'num_examples': len(references),
               'sacrebleu': round(score, 2), 'sacrebleu_signature': signature,
               'tokenized_lowercased_bleu': round(tok_score, 2),
+              'chrf': round(metrics.chrf(hypotheses, references), 2),
               'exact_match': round(metrics.exact_match(hypotheses, references), 2),
               **(extra or {})}
     with open(os.path.join(workdir, f'hypotheses_{name}.txt'), 'w') as f:
@@ -110,7 +111,8 @@ def score_and_write(workdir: str, name: str, step: int, sources: list[str],
     with open(os.path.join(workdir, f'eval_{name}.json'), 'w') as f:
         json.dump(result, f, indent=2)
     print(f'{name} (step {step}): sacreBLEU {score:.2f} ({signature}); tokenized lowercased '
-          f'BLEU {tok_score:.2f}; exact match {result["exact_match"]:.2f}% of {len(references)}')
+          f'BLEU {tok_score:.2f}; chrF {result["chrf"]:.2f}; exact match '
+          f'{result["exact_match"]:.2f}% of {len(references)}')
     for src, hyp, ref in list(zip(sources, hypotheses, references))[:num_samples]:
         mark = '=' if hyp.strip() == ref.strip() else 'x'
         print(f'  [{mark}] {src}\n      hyp: {hyp}\n      ref: {ref}')
@@ -161,6 +163,8 @@ def main(argv):
                         target_language=d.target_language, num_samples=config.eval.num_samples,
                         extra={'checkpoint_steps': t.steps, **ensemble_info(t),
                                'beam_size': t.beam_size, 'length_penalty': t.alpha,
+                               'decode_tokens_per_sec': round(t.speed.tokens_per_sec, 1),
+                               'kv_cache_bytes_per_token': t.kv_cache_bytes_per_token(),
                                'mbr_samples': t.mbr.num_samples if t.mbr else 0, **tuning})
 
 

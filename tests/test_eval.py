@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from conftest import run, tiny
+from transformer.model import SIZES
 
 pytestmark = pytest.mark.xdist_group('trained')  # they share one trained run
 
@@ -24,7 +25,10 @@ def test_eval_averages_the_last_checkpoints_and_tunes_alpha_for_each(trained, da
     averaged = json.loads((workdir / 'eval_test_avg2.json').read_text())
     latest = json.loads((workdir / 'eval_test.json').read_text())
     assert averaged['checkpoint_steps'] == [10, 20] and latest['checkpoint_steps'] == [20]
-    assert 'tokenized_lowercased_bleu' in averaged
+    assert 'tokenized_lowercased_bleu' in averaged and 0 <= averaged['chrf'] <= 100
+    assert latest['decode_tokens_per_sec'] > 0  # the test split fills several batches
+    d_model, _, _, _, decoder_layers = SIZES['tiny']  # K and V, float32, every layer
+    assert latest['kv_cache_bytes_per_token'] == 2 * decoder_layers * d_model * 4
     for result in (latest, averaged):  # alpha chosen on validation, then used on test
         tuning = result['length_penalty_tuning']
         assert tuning['split'] == 'validation'

@@ -15,3 +15,11 @@ def test_bleu_wrappers():
     assert metrics.tokenized_bleu(['A dog runs in the park .'], refs[:1], 'en') == pytest.approx(100.0)
     assert metrics.tokenized_bleu(['a cat'], refs[:1], 'en') < 10.0
     assert metrics.exact_match(['x', 'y '], ['x', 'z']) == 50.0
+
+
+def test_chrf_scores_characters_and_is_cased():
+    refs = ['A dog runs in the park.']
+    assert metrics.chrf(refs, refs) == pytest.approx(100.0)
+    near, far = metrics.chrf(['A dog ran in a park.'], refs), metrics.chrf(['Two cats.'], refs)
+    assert 30.0 < near < 100.0 and far < near
+    assert metrics.chrf(['a dog runs in the park.'], refs) < 100.0

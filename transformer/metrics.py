@@ -1,4 +1,5 @@
-"""Translation scores: sacreBLEU, the tokenized lowercased BLEU of published results, exact match."""
+"""Translation scores: sacreBLEU, the tokenized lowercased BLEU of published results, chrF,
+exact match."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, s
     metric = sacrebleu.BLEU()
     score = metric.corpus_score(list(hypotheses), [list(references)])
     return score.score, str(metric.get_signature())
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus chrF (character 6-gram F-score, beta 2; sacreBLEU's defaults) on cased text."""
+    return sacrebleu.CHRF().corpus_score(list(hypotheses), [list(references)]).score
 
 
 def tokenized_bleu(hypotheses: Sequence[str], references: Sequence[str], language: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 import jax
@@ -101,6 +102,24 @@ def _check_same_tokenizer(workdir: str, other: str) -> None:
                              'dataset, direction), so that they share one SentencePiece model')
 
 
+class DecodeSpeed:
+    """Generated tokens (EOS included) per second of ``translate``'s batches after the
+    first, whose time includes compiling the search (0 with a single batch)."""
+
+    def __init__(self):
+        self.tokens, self.seconds, self.batches = 0, 0.0, 0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        if self.batches:
+            self.tokens += tokens
+            self.seconds += seconds
+        self.batches += 1
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
 def _describe_steps(steps: list[int]) -> str:
     return f'average of steps {steps}' if len(steps) > 1 else f'step {steps[0]}'
 
@@ -174,6 +193,15 @@ class Translator:
                 + f'; {search}')
         return f'{self._workdir} ({_describe_steps(self.steps)}, {search}{mbr_part})'
 
+    def kv_cache_bytes_per_token(self) -> int:
+        """Bytes the decoder's self-attention cache grows by per generated token (K and V of
+        every layer; a decoder-only model's source positions count the same per token).
+        An encoder-decoder's cross-attention K/V add a fixed cost per source token."""
+        graphdef = self.graphdef[0] if isinstance(self.graphdef, list) else self.graphdef
+        params = self.params[0] if isinstance(self.params, list) else self.params
+        cache = nnx.merge(graphdef, params).init_cache(1, 1)
+        return sum(x.nbytes for x in jax.tree.leaves(cache))
+
     @classmethod
     def from_workdir(cls, workdir: str, **kwargs) -> Translator:
         return cls(config_lib.load_run_config(workdir), workdir, **kwargs)
@@ -194,13 +222,16 @@ class Translator:
         """One translation per line, in order; an empty line translates to ''."""
         src = self.encode(lines)
         outputs = []
+        self.speed = DecodeSpeed()
         for start in range(0, len(lines), self.batch_size):
+            tick = time.perf_counter()
             batch = src[start:start + self.batch_size]
             rows = len(batch)
             if rows < self.batch_size:  # one compiled shape: fill with empty rows
                 batch = np.concatenate([batch, np.zeros((self.batch_size - rows, batch.shape[1]),
                                                         np.int32)])
             tokens = np.asarray(self._decode(self.params, batch))[:rows]
+            self.speed.add(int(np.count_nonzero(tokens)), time.perf_counter() - tick)
             texts = [self.tokenizer.decode(row) for row in tokens]
             if self.mbr:
                 texts = self.mbr(batch, texts, start)
