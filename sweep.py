@@ -47,10 +47,15 @@ flags.DEFINE_enum('mode', 'list', ['list', 'optuna'], "'list': the trials get_sw
 flags.DEFINE_integer('n_trials', 10, 'Trials to run in --mode optuna (this process).')
 flags.DEFINE_string('study_storage', '', 'Optuna storage URL; default sqlite:///WORKDIR/study.db.')
 flags.DEFINE_list('extra', [], 'Overrides for every trial, e.g. --extra=train.num_steps=500.')
+flags.DEFINE_string('eval_flags', '--split=validation', "eval.py's flags after each trial, e.g. "
+                    "'--split=test2016 --tune_length_penalty=0.6,1' (chosen on validation).")
+flags.DEFINE_integer('cores_per_trial', 0, 'Pin each running trial to its own this many CPU '
+                     'cores (with --parallel: side by side, not competing); 0 = no pinning.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 STATUS_FILE = 'trial.json'
+SLOTS = None  # CoreSlots, set by main
 
 
 def load_sweep(config_arg: str):
@@ -91,8 +96,31 @@ def commands(trial: dict, trial_dir: str, portable: bool = False) -> list[list[s
     script = (lambda name: name) if portable else (lambda name: os.path.join(ROOT, name))
     cmds = [[python, script('train.py'), *common]]
     if FLAGS.eval:
-        cmds.append([python, script('eval.py'), *common, '--split', 'validation'])
+        cmds.append([python, script('eval.py'), *common, *shlex.split(FLAGS.eval_flags)])
     return cmds
+
+
+class CoreSlots:
+    """Disjoint sets of ``per_trial`` CPU cores, one per running trial (``None``: no pinning)."""
+
+    def __init__(self, per_trial: int, parallel: int):
+        self.free: list[set[int] | None] = [None] * parallel
+        if per_trial:
+            cores = sorted(os.sched_getaffinity(0))
+            if per_trial * parallel > len(cores):
+                raise SystemExit(f'Error: --parallel={parallel} x --cores_per_trial={per_trial} '
+                                 f'needs {per_trial * parallel} cores; this process has '
+                                 f'{len(cores)}.')
+            self.free = [set(cores[i * per_trial:(i + 1) * per_trial]) for i in range(parallel)]
+        self.lock = threading.Lock()
+
+    def take(self) -> set[int] | None:
+        with self.lock:
+            return self.free.pop()
+
+    def give(self, cores: set[int] | None) -> None:
+        with self.lock:
+            self.free.append(cores)
 
 
 def last_error(log_path: str) -> str:
@@ -104,10 +132,20 @@ def last_error(log_path: str) -> str:
 
 
 def run_trial(trial: dict, index: int, total: int, on_validation=None) -> dict:
+    """Runs (or skips, or resumes) one trial on free cores; returns its record."""
+    cores = SLOTS.take()
+    try:
+        return _run_trial(trial, index, total, on_validation, cores)
+    finally:
+        SLOTS.give(cores)
+
+
+def _run_trial(trial: dict, index: int, total: int, on_validation, cores) -> dict:
     """Runs (or skips, or resumes) one trial; returns its record, also saved in trial.json.
 
     ``on_validation(curve)`` is called every few seconds while it trains with the validation
-    curve so far, [(step, value)]; returning True prunes the trial (Optuna).
+    curve so far, [(step, value)]; returning True prunes the trial (Optuna). ``cores``: the
+    CPU cores its processes may use (None: any).
     """
     name = hparam_search.trial_name(trial)
     trial_dir = os.path.join(FLAGS.workdir, name)
@@ -120,11 +158,17 @@ def run_trial(trial: dict, index: int, total: int, on_validation=None) -> dict:
             return record
     os.makedirs(trial_dir, exist_ok=True)
     start = time.time()
-    record = {'name': name, 'overrides': trial, 'status': 'done', 'error': ''}
+    record = {'name': name, 'overrides': trial, 'status': 'done', 'error': '',
+              'cores': sorted(cores) if cores else None}
+    if cores:
+        print(f'[{index}/{total}] {name}: started on core(s) '
+              f'{",".join(map(str, record["cores"]))}', flush=True)
     for cmd in commands(trial, trial_dir):
         log_path = os.path.join(trial_dir, os.path.basename(cmd[1]).replace('.py', '.log'))
         with open(log_path, 'a') as log:
-            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                       preexec_fn=pin)
             pruned = False
             while process.poll() is None:
                 time.sleep(2.0)
@@ -278,6 +322,8 @@ def main(argv):
             print(' && '.join(' '.join(shlex.quote(part) for part in cmd) for cmd in cmds))
         return
     os.makedirs(FLAGS.workdir, exist_ok=True)
+    global SLOTS
+    SLOTS = CoreSlots(FLAGS.cores_per_trial, FLAGS.parallel)
     print(f'{len(trials) if FLAGS.mode == "list" else FLAGS.n_trials} trials of {FLAGS.config} '
           f'in {FLAGS.workdir}, {FLAGS.parallel} at a time', flush=True)
     records = run_list(trials) if FLAGS.mode == 'list' else run_optuna(trials, space)

@@ -1,6 +1,7 @@
 """sweep.py end to end on the tiny config: one trial fails alone, a rerun resumes."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def sweep(tmp_path, data_dir, *extra):
 
 
 def test_sweep_runs_records_a_failure_and_resumes(tmp_path, data_dir):
-    out = sweep(tmp_path, data_dir, '--metric', 'validation_accuracy')
+    out = sweep(tmp_path, data_dir, '--metric', 'validation_accuracy', '--cores_per_trial=1')
     assert out.returncode == 0, out.stderr[-3000:]
     with open(tmp_path / 'sweep' / 'results.csv') as f:
         rows = {row['trial']: row for row in csv.DictReader(f)}
@@ -40,6 +41,8 @@ def test_sweep_runs_records_a_failure_and_resumes(tmp_path, data_dir):
     good, bad = rows['learning_rate=0.002'], rows['variant=huge']
     assert good['status'] == 'done' and float(good['validation_accuracy']) > 0
     assert good['bleu'] != ''  # eval.py ran on the validation split
+    record = json.loads((tmp_path / 'sweep' / 'learning_rate=0.002' / 'trial.json').read_text())
+    assert len(record['cores']) == 1 and 'started on core(s)' in out.stdout
     assert bad['status'] == 'failed' and 'model.variant' in bad['error']
     table = (tmp_path / 'sweep' / 'results.md').read_text()
     assert table.index('learning_rate') < table.index('0.002') < table.index('huge')
@@ -60,12 +63,13 @@ def test_sweep_runs_records_a_failure_and_resumes(tmp_path, data_dir):
 
 
 def test_dry_run_prints_one_command_per_trial(tmp_path, data_dir):
-    out = sweep(tmp_path, data_dir, '--dry_run')
+    out = sweep(tmp_path, data_dir, '--dry_run', "--eval_flags=--split=test --average_last=2")
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].startswith('python train.py --config ')
     assert '--config.train.learning_rate=0.002' in lines[0] and '&& python eval.py' in lines[0]
+    assert lines[0].endswith(" --split=test --average_last=2")
     assert '--config.model.variant=huge' in lines[1]
     assert not (tmp_path / 'sweep').exists()  # nothing ran
 
@@ -77,3 +81,9 @@ def test_optuna_study_records_its_trials(tmp_path, data_dir):
     assert os.path.exists(tmp_path / 'sweep' / 'study.db')
     with open(tmp_path / 'sweep' / 'results.csv') as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_pinning_more_cores_than_there_are_is_refused(tmp_path, data_dir):
+    out = sweep(tmp_path, data_dir, '--parallel=2', f'--cores_per_trial={os.cpu_count()}')
+    assert out.returncode != 0
+    assert f'--parallel=2 x --cores_per_trial={os.cpu_count()} needs' in out.stderr
