@@ -28,12 +28,15 @@ from transformer import hparam_search
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg, arch = common.pop_arch(arg)
-    options = common.parse_arg(arg, reverse='False', ensemble='1')
+    options = common.parse_arg(arg, reverse='False', ensemble='1', budget='0')
     reverse = common.is_true(options['reverse'])
     ensemble = options['ensemble']
     if ensemble not in ('1', '2') or (ensemble == '2' and not reverse):
         raise ValueError(f'ensemble={ensemble}: the recipes are ensemble=1 (one model on all '
                          'cores) and, for reverse=True, ensemble=2 (each member on one core)')
+    budget = float(options['budget'])
+    if budget < 0 or (budget and ensemble != '1'):
+        raise ValueError(f'budget={options["budget"]}: minutes of training (> 0) for one model')
 
     config = common.base_config()
     config.data.dataset = 'multi30k'
@@ -62,6 +65,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if ensemble == '2':  # each member gets one core, so half the steps fit the hour
         config.model.dropout_rate = 0.15
         config.train.num_steps = 7500
+    if budget:  # the architecture comparison: one recipe for every variant and direction
+        _comparison_recipe(config, budget)
     config.train.schedule = 'linear'      # a fixed budget: decay to zero at the last step
     # Counted in rows, so they follow a --config.train.batch_size override (a reference,
     # resolved when read).
@@ -81,8 +86,51 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return common.apply_arch(config, arch)
 
 
+def _comparison_recipe(config: ml_collections.ConfigDict, minutes: float) -> None:
+    """budget=MINUTES: train for that long on one core, whatever the architecture (its step
+    count follows from its measured step time), with one recipe for both directions: the
+    English -> German data settings and settings chosen before any run, not tuned per
+    variant (a short run: less dropout, a shorter warm-up)."""
+    config.data.vocab_size = 4000
+    config.data.lowercase = True
+    config.model.matmul_dtype = 'bfloat16'
+    config.model.dropout_rate = 0.1
+    config.train.batch_size = 16
+    config.train.learning_rate = 1.1e-3
+    config.train.warmup_steps = 200
+    config.train.time_budget_minutes = minutes
+    config.train.num_steps = 100_000      # replaced by the steps that fit the budget
+    config.eval.length_penalty = 0.6      # eval.py --tune_length_penalty chooses on validation
+
+
+# The comparison's single switches, each on the paper's block (English -> German, one seed),
+# and decoder-only without the bidirectional source (on the decoder-only preset).
+SINGLE_SWITCHES = ({'model.norm': 'rmsnorm'}, {'model.positional': 'rope'},
+                   {'model.ffn': 'swiglu'}, {'model.num_kv_heads': 2}, {'model.qk_norm': True},
+                   {'model.use_bias': False})
+
+
+def comparison_trials() -> list[dict]:
+    """The architecture comparison (budget=MINUTES): the three presets in both directions with
+    seeds 0 and 1, then each single switch on English -> German with seed 0."""
+    directions = {'en_de': {'data.builder_kwargs.reverse': True, 'data.target_language': 'de'},
+                  'de_en': {'data.builder_kwargs.reverse': False, 'data.target_language': 'en'}}
+    arch = {name: {f'model.{k}': v for k, v in common.arch_fields(name, 'small').items()}
+            for name in common.ARCH_PRESETS}
+    trials = [{**direction, 'seed': seed, **arch[name]} for seed in (0, 1)
+              for direction in directions.values() for name in arch]
+    en_de = {**directions['en_de'], 'seed': 0}
+    trials += [{**en_de, **switch} for switch in SINGLE_SWITCHES]
+    trials.append({**en_de, **arch['decoder_only'], 'model.prefix_lm': False})
+    return trials
+
+
 def get_sweep(arg: str | None = None) -> list[dict]:
-    """8 seeded random trials of learning rate, dropout and label smoothing."""
+    """With budget=MINUTES: the architecture comparison (``comparison_trials``); otherwise 8
+    seeded random trials of learning rate, dropout and label smoothing."""
+    if float(common.parse_arg(common.pop_arch(arg)[0], reverse='False', ensemble='1',
+                              budget='0')['budget']):
+        return comparison_trials()
     return hparam_search.random_search(
         8, seed=0, **{'train.learning_rate': hparam_search.LogUniform(5e-4, 3e-3),
                       'model.dropout_rate': hparam_search.Uniform(0.05, 0.3),

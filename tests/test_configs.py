@@ -1,5 +1,7 @@
 """The experiment configs in configs/: what each must hold, not the values it was tuned to."""
 
+import json
+
 import pytest
 
 from configs import common
@@ -11,7 +13,8 @@ from transformer import config_lib
 SPECS = ['configs/default.py', 'configs/default.py:tiny', 'configs/multi30k.py',
          'configs/multi30k.py:reverse=True', 'configs/multi30k.py:reverse=True,ensemble=2',
          'configs/wmt14_ende.py:base', 'configs/wmt14_ende.py:big',
-         'configs/multi30k.py:arch=modern', 'configs/multi30k.py:reverse=True,arch=decoder_only',
+         'configs/multi30k.py:arch=modern', 'configs/multi30k.py:budget=30',
+         'configs/multi30k.py:reverse=True,arch=decoder_only',
          'configs/default.py:tiny,arch=modern', 'configs/wmt14_ende.py:big,arch=decoder_only']
 
 
@@ -65,6 +68,8 @@ def test_multi30k_ensemble_members_differ_only_in_dropout_and_steps():
     ('reverse=maybe', "'maybe' is not a boolean"),
     ('ensemble=2', 'ensemble=2: the recipes are'),
     ('reverse=True,ensemble=3', 'ensemble=3: the recipes are'),
+    ('budget=-1', 'budget=-1: minutes of training'),
+    ('reverse=True,ensemble=2,budget=5', 'budget=5: minutes of training'),
 ])
 def test_multi30k_arguments_are_checked(arg, message):
     with pytest.raises(ValueError, match=message):
@@ -85,3 +90,14 @@ def test_architecture_presets_set_the_block_and_keep_the_rest():
     assert load_config('configs/wmt14_ende.py:big,arch=modern').model.num_kv_heads == 8
     with pytest.raises(ValueError, match='Bad arch=huge; valid: paper, modern, decoder_only'):
         default_config.get_config('arch=huge')
+
+
+def test_comparison_budget_and_its_sweep():
+    config = load_config('configs/multi30k.py:budget=30,arch=modern')
+    assert config.train.time_budget_minutes == 30 and config.model.positional == 'rope'
+    assert load_config('configs/multi30k.py').train.time_budget_minutes == 0
+    trials = multi30k_config.get_sweep('budget=30')
+    assert len(trials) == 3 * 2 * 2 + len(multi30k_config.SINGLE_SWITCHES) + 1
+    assert len({json.dumps(t, sort_keys=True) for t in trials}) == len(trials)
+    assert sum(t.get('model.architecture') == 'decoder_only' for t in trials) == 4 + 1
+    assert len(multi30k_config.get_sweep()) == 8  # without a budget: the hyperparameter search
