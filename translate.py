@@ -4,6 +4,7 @@
     python translate.py --workdir runs/multi30k_de_en --input in.de --output out.en
     python translate.py --workdir runs/default            # a prompt when stdin is a terminal
     python translate.py --workdir runs/a --ensemble=runs/b < sentences.de   # two models
+    python translate.py --engine=ct2 --workdir runs/a_ct2 < sentences.de   # CTranslate2
 
 Beam search (config.eval.beam_size, length penalty config.eval.length_penalty) by default.
 Each input line gives one output line; an empty line gives an empty line. Input is read as
@@ -21,8 +22,6 @@ import sys  # noqa: E402
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
 
-from transformer.translator import Translator  # noqa: E402
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A trained run (holds config.json, tokenizer, checkpoints).')
 flags.DEFINE_string('input', None, 'File of sentences, one per line (default: stdin).')
@@ -32,6 +31,11 @@ flags.DEFINE_float('alpha', None, 'GNMT length-penalty exponent (default: the ru
 flags.DEFINE_integer('average_last', 1, 'Average the parameters of the last N checkpoints.')
 flags.DEFINE_list('ensemble', [], 'Other trained workdirs (the same data config) that decode '
                   'together with --workdir, averaging their probabilities at each step.')
+flags.DEFINE_enum('engine', 'jax', ['jax', 'ct2'], "'ct2': --workdir is a run converted by "
+                  'python -m transformer.export_ct2, decoded by CTranslate2 without JAX '
+                  '(--alpha is then its length penalty, log p / length^alpha).')
+flags.DEFINE_string('compute_type', 'default', "--engine=ct2: CTranslate2's weights and "
+                    "arithmetic, e.g. 'int8' or 'float32' (default: as converted).")
 flags.mark_flag_as_required('workdir')
 
 
@@ -52,7 +56,8 @@ def decode_lines(raw: bytes, name: str) -> list[str]:
     return lines
 
 
-def interactive(translator: Translator) -> None:
+def interactive(translator) -> None:
+    """A prompt loop; ``translator``: a Translator or CT2Translator."""
     sys.stdin.reconfigure(errors='surrogateescape')  # bad bytes reach us, not a decode error
     print(f'Translating with {translator.description}. Type a sentence; Ctrl-D to quit.',
           file=sys.stderr)
@@ -67,15 +72,27 @@ def interactive(translator: Translator) -> None:
             print(translator.translate([line])[0])
 
 
+def make_translator():
+    """The --engine's translator for --workdir (JAX is imported only for --engine=jax)."""
+    if FLAGS.engine == 'ct2':
+        if FLAGS.ensemble or FLAGS.average_last != 1:
+            raise ValueError('--ensemble and --average_last are for --engine=jax; average when '
+                             'converting instead (export_ct2 --average_last=N).')
+        from transformer.ct2_translator import CT2Translator
+        return CT2Translator(FLAGS.workdir, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+                             compute_type=FLAGS.compute_type)
+    from transformer.translator import Translator
+    return Translator.from_workdir(FLAGS.workdir, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+                                   average_last=FLAGS.average_last, ensemble=FLAGS.ensemble)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     absl_logging.set_verbosity(absl_logging.WARNING)  # the libraries' chatter: warnings only
     logging.getLogger('transformer').setLevel(logging.INFO)
     try:
-        translator = Translator.from_workdir(
-            FLAGS.workdir, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
-            average_last=FLAGS.average_last, ensemble=FLAGS.ensemble)
+        translator = make_translator()
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f'Error: {e}') from None
 

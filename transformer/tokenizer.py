@@ -52,6 +52,19 @@ class Tokenizer:
         """``[encode(t) for t in texts]``, on every core (SentencePiece's own threads)."""
         return self.sp.encode([t.strip() for t in texts], num_threads=os.cpu_count() or 1)
 
+    def encode_sources(self, lines: list[str], max_length: int) -> np.ndarray:
+        """Source sentences -> [n, max_length] ids + EOS, 0-padded; longer ones are cut (with
+        a warning) to their first ``max_length - 1`` pieces + EOS."""
+        out = np.zeros((len(lines), max_length), np.int32)
+        for i, line in enumerate(lines):
+            ids = self.encode(line) + [EOS_ID]
+            if len(ids) > max_length:
+                log.warning('Line %d has %d tokens; translating only its first %d.', i + 1,
+                            len(ids) - 1, max_length - 1)
+                ids = ids[:max_length - 1] + [EOS_ID]
+            out[i, :len(ids)] = ids
+        return out
+
     def sample_encode(self, text: str, nbest: int, alpha: float,
                       rng: np.random.Generator) -> list[int]:
         """A segmentation of ``text`` drawn at random: subword regularization (Kudo, 2018).

@@ -208,15 +208,7 @@ class Translator:
 
     def encode(self, lines: list[str]) -> np.ndarray:
         """Sentences -> [n, max_source_length] ids + EOS; longer ones are cut with a warning."""
-        out = np.zeros((len(lines), self.max_source_length), np.int32)
-        for i, line in enumerate(lines):
-            ids = self.tokenizer.encode(line) + [EOS_ID]
-            if len(ids) > self.max_source_length:
-                log.warning('Line %d has %d tokens; translating only its first %d.', i + 1,
-                            len(ids) - 1, self.max_source_length - 1)
-                ids = ids[:self.max_source_length - 1] + [EOS_ID]
-            out[i, :len(ids)] = ids
-        return out
+        return self.tokenizer.encode_sources(lines, self.max_source_length)
 
     def translate(self, lines: list[str]) -> list[str]:
         """One translation per line, in order; an empty line translates to ''."""

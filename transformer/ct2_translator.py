@@ -1,0 +1,71 @@
+"""Translation with a run converted to CTranslate2 (transformer/export_ct2.py), without JAX.
+
+    python translate.py --engine=ct2 --workdir runs/m30k_de_en_ct2 < sentences.de
+
+The run's own tokenizer, source-length cut and recaser surround CTranslate2's search, so the
+text path is the one ``translator.Translator`` takes. ``alpha`` is CTranslate2's length
+penalty (log-probability / length^alpha), not our GNMT one; with alpha = 0 both rank
+hypotheses by log-probability and decode the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from transformer import recase
+from transformer.tokenizer import TOKENIZER_FILE, Tokenizer
+
+EXPORT_FILE = 'export.json'  # written by export_ct2: what was converted, decoding settings
+
+
+class CT2Translator:
+    """Translates lines with a CTranslate2 model directory written by export_ct2."""
+
+    def __init__(self, model_dir: str, *, beam_size: int | None = None,
+                 alpha: float | None = None, compute_type: str = 'default', threads: int = 0,
+                 batch_size: int = 64):
+        import ctranslate2
+
+        path = os.path.join(model_dir, EXPORT_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f'{model_dir} has no {EXPORT_FILE}: convert a run first '
+                                    '(python -m transformer.export_ct2 --workdir RUN '
+                                    f'--output {model_dir}).')
+        with open(path) as f:
+            self.export = json.load(f)
+        self.tokenizer = Tokenizer.load(os.path.join(model_dir, TOKENIZER_FILE))
+        self.pieces = [self.tokenizer.sp.id_to_piece(i) for i in range(self.tokenizer.vocab_size)]
+        self.recaser = recase.load_if_present(model_dir)
+        self.model = ctranslate2.Translator(model_dir, device='cpu', compute_type=compute_type,
+                                            intra_threads=threads)
+        self.beam_size = self.export['beam_size'] if beam_size is None else beam_size
+        self.alpha = self.export['length_penalty'] if alpha is None else alpha
+        self.batch_size = batch_size
+        self.description = (f'{model_dir} (CTranslate2 {self.model.compute_type}, '
+                            f'beam {self.beam_size}, CTranslate2 length penalty {self.alpha})')
+        self.tokens_per_sec = 0.0
+
+    def translate_ids(self, src: np.ndarray) -> list[list[int]]:
+        """[n, s] source ids (with EOS, 0-padded) -> each row's output ids (no EOS)."""
+        tokens = [[self.pieces[i] for i in row if i] for row in src]
+        results = self.model.translate_batch(
+            tokens, max_batch_size=self.batch_size, beam_size=self.beam_size,
+            length_penalty=self.alpha, min_decoding_length=0,
+            max_decoding_length=self.export['max_decode_len'])
+        return [[self.tokenizer.sp.piece_to_id(p) for p in r.hypotheses[0]] for r in results]
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """One translation per line, in order; an empty line translates to ''."""
+        src = self.tokenizer.encode_sources(lines, self.export['max_source_length'])
+        tick = time.perf_counter()
+        outputs = self.translate_ids(src)
+        seconds = time.perf_counter() - tick
+        self.tokens_per_sec = sum(len(o) + 1 for o in outputs) / seconds  # EOS counted
+        texts = [self.tokenizer.decode(ids) for ids in outputs]
+        if self.recaser:
+            texts = [self.recaser(text) for text in texts]
+        return [text if line.strip() else '' for line, text in zip(lines, texts)]
