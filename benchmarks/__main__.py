@@ -36,6 +36,9 @@ for _size in ('small', 'base'):
 for _kind in ('beam', 'greedy'):
     for _dtype in ('float32', 'bfloat16'):
         CASES[f'{_kind}_small_{_dtype}'] = ('jax', 'decoding', dict(kind=_kind, dtype=_dtype))
+    for _compute in ('float32', 'int8'):  # the decoding peer: CTranslate2, same model size
+        CASES[f'ct2_{_kind}_small_{_compute}'] = ('ct2', 'decoding',
+                                                 dict(kind=_kind, compute_type=_compute))
 # The same step with glibc's malloc defaults (transformer.host_memory not applied).
 CASES['train_small_float32_malloc_defaults'] = CASES['train_small_float32']
 MALLOC_DEFAULTS_SUFFIX = '_malloc_defaults'
@@ -86,6 +89,8 @@ def worker(name: str, multi30k_dir: str, matmul_size: int) -> None:
         kwargs = dict(kwargs, manual_dir=multi30k_dir)
     if impl == 'torch':
         from benchmarks import torch_peer as module
+    elif impl == 'ct2':
+        from benchmarks import ct2_peer as module
     else:
         from benchmarks import jax_cases as module
     print('RESULT ' + json.dumps(getattr(module, function)(**kwargs)), flush=True)
@@ -127,6 +132,16 @@ def ratios(results: list[dict]) -> list[str]:
             lines.append(f'train {size}: ours {best["tokens_per_s"]:,.0f} tok/s ({best["dtype"]}) / '
                          f'PyTorch {peer["tokens_per_s"]:,.0f} tok/s ({peer["dtype"]}) = '
                          f'{best["tokens_per_s"] / peer["tokens_per_s"]:.2f}x')
+    for kind in ('beam', 'greedy'):
+        ours = [by[k] for k in (f'{kind}_small_float32', f'{kind}_small_bfloat16') if k in by]
+        peer, peer_int8 = by.get(f'ct2_{kind}_small_float32'), by.get(f'ct2_{kind}_small_int8')
+        if ours and peer:
+            best = max(ours, key=lambda r: r['tokens_per_s'])
+            int8 = (f'; its int8 {peer_int8["tokens_per_s"]:,.0f} tok/s = '
+                    f'{best["tokens_per_s"] / peer_int8["tokens_per_s"]:.2f}x') if peer_int8 else ''
+            lines.append(f'{kind} small: ours {best["tokens_per_s"]:,.0f} tok/s ({best["dtype"]}) / '
+                         f'CTranslate2 float32 {peer["tokens_per_s"]:,.0f} tok/s = '
+                         f'{best["tokens_per_s"] / peer["tokens_per_s"]:.2f}x{int8}')
     pipe = by_case.get('input_pipeline')
     if pipe and 'examples_per_s' in pipe and 'train_small_float32' in by:
         consumed = 64 / by['train_small_float32']['step_s']  # examples per second

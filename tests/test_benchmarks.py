@@ -83,3 +83,12 @@ def test_the_accelerator_check_times_a_train_case_and_tabulates_it():
                               {**result, 'case': 'tiny_xla_none'}])
     assert text.splitlines()[0].startswith('device: cpu; published dense bf16 peak unknown')
     assert '| tiny_xla_none |' in text
+
+
+def test_decoding_is_reported_against_ctranslate2_float32_with_its_int8_beside():
+    results = [{'case': 'beam_small_float32', 'dtype': 'float32', 'tokens_per_s': 1000.0},
+               {'case': 'beam_small_bfloat16', 'dtype': 'bfloat16', 'tokens_per_s': 1500.0},
+               {'case': 'ct2_beam_small_float32', 'tokens_per_s': 3000.0},
+               {'case': 'ct2_beam_small_int8', 'tokens_per_s': 6000.0}]
+    assert ratios(results) == ['beam small: ours 1,500 tok/s (bfloat16) / CTranslate2 float32 '
+                               '3,000 tok/s = 0.50x; its int8 6,000 tok/s = 0.25x']
