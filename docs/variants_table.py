@@ -48,7 +48,9 @@ def block_name(model: dict) -> str:
     for name in common.ARCH_PRESETS:
         preset = {**defaults, **common.arch_fields(name, model['variant'])}
         differences[name] = [f'{k}={model[k]}' for k in keys if model[k] != preset[k]]
-    name = min(differences, key=lambda n: len(differences[n]))
+    # Ties go to the later preset: a causal decoder-only run reads 'decoder_only +
+    # prefix_lm=False', not 'modern + architecture=decoder_only'.
+    name = min(reversed(differences), key=lambda n: len(differences[n]))
     return ' + '.join([name, *differences[name]])
 
 

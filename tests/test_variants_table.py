@@ -36,6 +36,9 @@ def test_rows_group_seeds_and_name_each_block(tmp_path, capsys):
     rope.model.positional = 'rope'
     write_trial(tmp_path, 'rope', rope, 33.0, 0.4)
     write_trial(tmp_path, 'decoder_only', load_config(paper + ',arch=decoder_only'), 29.0, 0.5)
+    causal = load_config(paper + ',arch=decoder_only')
+    causal.model.prefix_lm = False
+    write_trial(tmp_path, 'causal', causal, 28.0, 0.5)
     (tmp_path / 'unfinished').mkdir()  # a trial without scores is left out
     variants_table.main([str(tmp_path)])
     rows = capsys.readouterr().out.strip().splitlines()[2:]
@@ -43,6 +46,7 @@ def test_rows_group_seeds_and_name_each_block(tmp_path, capsys):
     assert rows[1].startswith('| en→de | decoder_only | 0 | 30.00 | 29.00 |')
     assert rows[2].startswith('| en→de | paper + positional=rope | 0 | 34.00 | 33.00 |')
     assert '| 2.50 | 0.400 | 150 | 500 | 6144 | 0.6 |' in rows[2]
+    assert rows[3].startswith('| en→de | decoder_only + prefix_lm=False | 0 | 29.00 |')
 
 
 def test_an_empty_sweep_says_what_to_run(tmp_path):
