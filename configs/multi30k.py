@@ -17,7 +17,18 @@ Results on test2016, beam 4, tokenized lowercased BLEU / sacreBLEU (last checkpo
 A slower host fits fewer steps in the hour (--config.train.num_steps). History, seeds and
 what did not pay: docs/experiments.md. Add ,arch=modern (today's block) or ,arch=decoder_only
 (one prefix-LM stack) to the argument for the same recipe with another architecture
-(configs/common.py ARCH_PRESETS; not yet compared here).
+(configs/common.py ARCH_PRESETS).
+
+budget=MINUTES trains any architecture for that many minutes (its step count follows
+from its measured step time), and its sweep is the architecture comparison: the three presets
+in both directions with seeds 0 and 1, and each single switch on en->de, two trials side by
+side on a 2-core CPU (6 minutes each: 19 trials in about 100 min; table and findings in
+docs/experiments.md, "Architectures on one time budget"):
+
+    python sweep.py --config configs/multi30k.py:budget=6 --workdir runs/compare --parallel 2 \\
+        --cores_per_trial 1 --extra=data.manual_dir=PATH/TO/multi30k \\
+        --eval_flags='--split=test2016 --tune_length_penalty=0.6,1'
+    python docs/variants_table.py runs/compare
 """
 
 import ml_collections
