@@ -22,7 +22,7 @@ what did not pay: docs/experiments.md. Add ,arch=modern (today's block) or ,arch
 budget=MINUTES trains any architecture for that many minutes (its step count follows
 from its measured step time), and its sweep is the architecture comparison: the three presets
 in both directions with seeds 0 and 1, and each single switch on en->de, two trials side by
-side on a 2-core CPU (6 minutes each: 19 trials in about 100 min; table and findings in
+side on a 2-core CPU (6 minutes each: 19 trials in about 2 hours; table and findings in
 docs/experiments.md, "Architectures on one time budget"):
 
     python sweep.py --config configs/multi30k.py:budget=6 --workdir runs/compare --parallel 2 \\
@@ -76,8 +76,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if ensemble == '2':  # each member gets one core, so half the steps fit the hour
         config.model.dropout_rate = 0.15
         config.train.num_steps = 7500
-    if budget:  # the architecture comparison: one recipe for every variant and direction
-        _comparison_recipe(config, budget)
     config.train.schedule = 'linear'      # a fixed budget: decay to zero at the last step
     # Counted in rows, so they follow a --config.train.batch_size override (a reference,
     # resolved when read).
@@ -94,6 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.decode_length_offset = 20
     config.eval.beam_size = 4
     config.eval.length_penalty = 1.0 if reverse else 0.6
+    if budget:  # the architecture comparison: one recipe for every variant and direction
+        _comparison_recipe(config, budget)
     return common.apply_arch(config, arch)
 
 

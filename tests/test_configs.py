@@ -101,3 +101,9 @@ def test_comparison_budget_and_its_sweep():
     assert len({json.dumps(t, sort_keys=True) for t in trials}) == len(trials)
     assert sum(t.get('model.architecture') == 'decoder_only' for t in trials) == 4 + 1
     assert len(multi30k_config.get_sweep()) == 8  # without a budget: the hyperparameter search
+    # One recipe whichever direction the argument names: the sweep's en->de trials start
+    # from reverse=False and override the data fields.
+    en_de = load_config('configs/multi30k.py:reverse=True,budget=30')
+    swept = load_config('configs/multi30k.py:budget=30')
+    swept.data.builder_kwargs.reverse, swept.data.target_language = True, 'de'
+    assert swept.to_dict() == en_de.to_dict()
