@@ -108,6 +108,8 @@ def test_cli_converts_a_run_and_translates_like_it(trained, tmp_path):
     assert out.stdout.splitlines() == theirs.translate(lines)  # theirs: beam 4
     # Serving needs no JAX: the CTranslate2 path imports none of it.
     probe = subprocess.run([sys.executable, '-c', 'import sys, translate; '
-                            'from transformer import ct2_translator; print("jax" in sys.modules)'],
+                            'from transformer.ct2_translator import CT2Translator; '
+                            f'CT2Translator({str(output)!r}).translate(["twenty one"]); '
+                            'print("jax" in sys.modules)'],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert probe.stdout.strip() == 'False', probe.stderr[-3000:]

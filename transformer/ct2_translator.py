@@ -11,6 +11,7 @@ hypotheses by log-probability and decode the same tokens.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -19,6 +20,7 @@ import numpy as np
 from transformer import recase
 from transformer.tokenizer import TOKENIZER_FILE, Tokenizer
 
+log = logging.getLogger('transformer')
 EXPORT_FILE = 'export.json'  # written by export_ct2: what was converted, decoding settings
 
 
@@ -28,7 +30,11 @@ class CT2Translator:
     def __init__(self, model_dir: str, *, beam_size: int | None = None,
                  alpha: float | None = None, compute_type: str = 'default', threads: int = 0,
                  batch_size: int = 64):
-        import ctranslate2
+        try:
+            import ctranslate2
+        except ImportError:
+            raise ValueError('CTranslate2 is not installed: pip install -r '
+                             'benchmarks/requirements.txt (or ctranslate2)') from None
 
         path = os.path.join(model_dir, EXPORT_FILE)
         if not os.path.exists(path):
@@ -45,8 +51,14 @@ class CT2Translator:
         self.beam_size = self.export['beam_size'] if beam_size is None else beam_size
         self.alpha = self.export['length_penalty'] if alpha is None else alpha
         self.batch_size = batch_size
+        cap = ('' if not self.export.get('decode_length_offset') else
+               f', outputs capped at {self.export["max_decode_len"]} pieces, not source '
+               f'length + {self.export["decode_length_offset"]} as eval.py caps them')
+        if cap:
+            log.warning('CTranslate2 has no per-sentence length cap: %s', cap[2:])
         self.description = (f'{model_dir} (CTranslate2 {self.model.compute_type}, '
-                            f'beam {self.beam_size}, CTranslate2 length penalty {self.alpha})')
+                            f'beam {self.beam_size}, CTranslate2 length penalty {self.alpha}'
+                            f'{cap})')
         self.tokens_per_sec = 0.0
 
     def translate_ids(self, src: np.ndarray) -> list[list[int]]:

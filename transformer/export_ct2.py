@@ -11,10 +11,14 @@ adds the same amount to all of a query's scores, which softmax ignores), so it i
 zeros; the shared embedding is also the output projection; the sinusoidal table is given
 explicitly, since CTranslate2's own lays out its channels differently.
 
-Decoding equals ours token for token with the length penalty off (tests/test_export_ct2.py):
-CTranslate2 divides a hypothesis's log-probability by length^alpha, we by the GNMT penalty
-((5 + length) / 6)^alpha; and it must be allowed to end a hypothesis at the first step
-(``min_decoding_length=0``; its default is 1).
+Decoding equals ours token for token (tests/test_export_ct2.py) where three settings agree:
+the length penalty off (CTranslate2 divides a hypothesis's log-probability by length^alpha,
+we by the GNMT penalty ((5 + length) / 6)^alpha); no cap tied to the source length (ours,
+``eval.decode_length_offset`` > 0, ends each sentence at source length + offset; CTranslate2
+has only the fixed ``max_decode_len``); float32 arithmetic (a run trained with bfloat16
+matmul operands decodes in float32 here, so near-ties can break the other way). CTranslate2
+must also be allowed to end a hypothesis at the first step (``min_decoding_length=0``; its
+default is 1).
 """
 
 from __future__ import annotations
@@ -101,7 +105,11 @@ def build_spec(model_config, params: dict, pieces: list[str]):
       params: its parameters as nested dicts of arrays (``State.to_pure_dict()``).
       pieces: the SentencePiece pieces, indexed by id (source and target share them).
     """
-    import ctranslate2
+    try:
+        import ctranslate2
+    except ImportError:
+        raise ValueError('CTranslate2 is not installed: pip install -r '
+                         'benchmarks/requirements.txt (or ctranslate2)') from None
 
     from transformer.model import sinusoidal_encoding
     from transformer.tokenizer import BOS_ID, EOS_ID, UNK_ID
@@ -111,8 +119,9 @@ def build_spec(model_config, params: dict, pieces: list[str]):
     spec = specs.TransformerSpec.from_config(
         (len(params['encoder']), len(params['decoder'])), _heads(model_config),
         pre_norm=model_config.pre_ln, rms_norm=model_config.norm == 'rmsnorm',
+        # jax.nn.gelu is the tanh approximation; CTranslate2's GELU is the exact (erf) one.
         activation={'relu': specs.Activation.RELU,
-                    'gelu': specs.Activation.GELU}[model_config.ffn])
+                    'gelu': specs.Activation.GELUTanh}[model_config.ffn])
     source_embed = params['source_embed']
     target_embed = params.get('target_embed', source_embed)
     for side, embed in ((spec.encoder, source_embed), (spec.decoder, target_embed)):
@@ -181,6 +190,8 @@ def convert(workdir: str, output: str, *, average_last: int = 1,
     record = {'workdir': os.path.abspath(workdir), 'checkpoint_steps': steps,
               'quantization': quantization or 'float32', 'beam_size': e.beam_size,
               'length_penalty': e.length_penalty, 'max_decode_len': e.max_decode_len,
+              'decode_length_offset': e.decode_length_offset,
+              'matmul_dtype': config.model.matmul_dtype,
               'max_source_length': config.data.max_source_length}
     with open(os.path.join(output, EXPORT_FILE), 'w') as f:
         json.dump(record, f, indent=2)
