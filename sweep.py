@@ -166,9 +166,9 @@ def _run_trial(trial: dict, index: int, total: int, on_validation, cores) -> dic
     for cmd in commands(trial, trial_dir):
         log_path = os.path.join(trial_dir, os.path.basename(cmd[1]).replace('.py', '.log'))
         with open(log_path, 'a') as log:
-            pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
-            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                       preexec_fn=pin)
+            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            if cores:  # before Python starts any thread, which would inherit it
+                os.sched_setaffinity(process.pid, cores)
             pruned = False
             while process.poll() is None:
                 time.sleep(2.0)

@@ -185,7 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start = int(state.step)
     if start >= t.num_steps:
         log.info('Already trained to step %d (train.num_steps=%d): nothing to do. Raise '
-                 '--config.train.num_steps to train further.', start, t.num_steps)
+                 '--config.train.num_steps to train further%s.', start, t.num_steps,
+                 f' (with a time budget: num_steps in {BUDGET_FILE})'
+                 if t.time_budget_minutes > 0 else '')
 
     # 3. Compile the steps.
     train_step = _make_train_step(run, batch_sharding)
@@ -305,8 +307,8 @@ def fit_steps_to_budget(run: Run, state: steps.TrainState, train_iter, batch_sha
         for _ in range(CALIBRATION_STEPS):
             probe, _ = probe_step(probe, batch)
         jax.block_until_ready(probe)
-        step_seconds = round(max(sharding.allgather_json(
-            (time.perf_counter() - start) / CALIBRATION_STEPS)), 4)
+        step_seconds = max(round(max(sharding.allgather_json(  # (not 0 for a tiny step)
+            (time.perf_counter() - start) / CALIBRATION_STEPS)), 4), 1e-4)
         del probe
         budget = {'time_budget_minutes': t.time_budget_minutes, 'step_seconds': step_seconds,
                   'num_steps': max(1, int(t.time_budget_minutes * 60 / step_seconds))}
