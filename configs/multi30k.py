@@ -37,9 +37,14 @@ from configs import common
 from transformer import hparam_search
 
 
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+def _options(arg: str | None) -> tuple[dict, str]:
+    """The config argument's options (reverse, ensemble, budget) and its arch preset."""
     arg, arch = common.pop_arch(arg)
-    options = common.parse_arg(arg, reverse='False', ensemble='1', budget='0')
+    return common.parse_arg(arg, reverse='False', ensemble='1', budget='0'), arch
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    options, arch = _options(arg)
     reverse = common.is_true(options['reverse'])
     ensemble = options['ensemble']
     if ensemble not in ('1', '2') or (ensemble == '2' and not reverse):
@@ -139,8 +144,7 @@ def comparison_trials() -> list[dict]:
 def get_sweep(arg: str | None = None) -> list[dict]:
     """With budget=MINUTES: the architecture comparison (``comparison_trials``); otherwise 8
     seeded random trials of learning rate, dropout and label smoothing."""
-    if float(common.parse_arg(common.pop_arch(arg)[0], reverse='False', ensemble='1',
-                              budget='0')['budget']):
+    if float(_options(arg)[0]['budget']):
         return comparison_trials()
     return hparam_search.random_search(
         8, seed=0, **{'train.learning_rate': hparam_search.LogUniform(5e-4, 3e-3),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 import numpy as np
 
@@ -59,7 +58,6 @@ class CT2Translator:
         self.description = (f'{model_dir} (CTranslate2 {self.model.compute_type}, '
                             f'beam {self.beam_size}, CTranslate2 length penalty {self.alpha}'
                             f'{cap})')
-        self.tokens_per_sec = 0.0
 
     def translate_ids(self, src: np.ndarray) -> list[list[int]]:
         """[n, s] source ids (with EOS, 0-padded) -> each row's output ids (no EOS)."""
@@ -73,11 +71,7 @@ class CT2Translator:
     def translate(self, lines: list[str]) -> list[str]:
         """One translation per line, in order; an empty line translates to ''."""
         src = self.tokenizer.encode_sources(lines, self.export['max_source_length'])
-        tick = time.perf_counter()
-        outputs = self.translate_ids(src)
-        seconds = time.perf_counter() - tick
-        self.tokens_per_sec = sum(len(o) + 1 for o in outputs) / seconds  # EOS counted
-        texts = [self.tokenizer.decode(ids) for ids in outputs]
+        texts = [self.tokenizer.decode(ids) for ids in self.translate_ids(src)]
         if self.recaser:
             texts = [self.recaser(text) for text in texts]
         return [text if line.strip() else '' for line, text in zip(lines, texts)]

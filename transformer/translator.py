@@ -206,13 +206,9 @@ class Translator:
     def from_workdir(cls, workdir: str, **kwargs) -> Translator:
         return cls(config_lib.load_run_config(workdir), workdir, **kwargs)
 
-    def encode(self, lines: list[str]) -> np.ndarray:
-        """Sentences -> [n, max_source_length] ids + EOS; longer ones are cut with a warning."""
-        return self.tokenizer.encode_sources(lines, self.max_source_length)
-
     def translate(self, lines: list[str]) -> list[str]:
         """One translation per line, in order; an empty line translates to ''."""
-        src = self.encode(lines)
+        src = self.tokenizer.encode_sources(lines, self.max_source_length)
         outputs = []
         self.speed = DecodeSpeed()
         for start in range(0, len(lines), self.batch_size):
