@@ -1,5 +1,8 @@
 """Attention, dropout and the mixed-precision matmul (transformer/layers.py)."""
 
+import functools
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,25 +76,62 @@ def test_dropout_keeps_dtype_and_rate_0_is_the_identity():
     assert layers.dropout(x, 0.0, jax.random.key(0)) is x
 
 
-def test_mixed_precision_matmul_gradients_use_bfloat16_operands(rng):
+@pytest.mark.parametrize('w_transposed', [False, True])
+def test_mixed_precision_matmul_gradients_use_bfloat16_operands(rng, w_transposed):
     """matmul_dtype=bfloat16: the gradients are those of the float32 product of the rounded
-    operands, and every dot of the backward pass (not only the forward) takes bfloat16."""
+    operands, and every dot of the backward pass (not only the forward) takes bfloat16;
+    ``w_transposed`` (w given as [o, i]) gives the same product and gradients."""
     x = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
     g = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+    w_given = w.T if w_transposed else w
 
     def loss(x, w, operand_dtype):
-        return jnp.sum(g * layers.matmul(x, w, jnp.float32, operand_dtype))
+        return jnp.sum(g * layers.matmul(x, w, jnp.float32, operand_dtype,
+                                         w_transposed=w_transposed))
 
-    grad_x, grad_w = jax.grad(loss, argnums=(0, 1))(x, w, jnp.bfloat16)
+    grad_x, grad_w = jax.grad(loss, argnums=(0, 1))(x, w_given, jnp.bfloat16)
     assert grad_x.dtype == grad_w.dtype == jnp.float32
     rounded = [a.astype(jnp.bfloat16).astype(jnp.float32) for a in (x, w, g)]
     np.testing.assert_allclose(grad_x, rounded[2] @ rounded[1].T, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(grad_w, rounded[0].T @ rounded[2], rtol=1e-5, atol=1e-5)
-    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(x, w, jnp.bfloat16)
+    np.testing.assert_allclose(grad_w.T if w_transposed else grad_w, rounded[0].T @ rounded[2],
+                               rtol=1e-5, atol=1e-5)
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(
+        x, w_given, jnp.bfloat16)
     dots = [eqn for eqn in _all_equations(jaxpr.jaxpr) if eqn.primitive.name == 'dot_general']
     assert len(dots) == 3
     assert all(var.aval.dtype == jnp.bfloat16 for eqn in dots for var in eqn.invars)
+
+
+@pytest.mark.parametrize('transpose_a,transpose_b', [(False, False), (True, False),
+                                                     (False, True), (True, True)])
+def test_bfloat16_dot_equals_the_float32_product_and_compiles_to_bfloat16_matmuls(
+        rng, transpose_a, transpose_b):
+    """Every form of ``layers.dot`` gives the float32 product of its bfloat16 operands
+    (the padding adds only zeros), and XLA:CPU keeps each matmul in bfloat16: no operand
+    of a compiled dot is float32. Shapes exercise both ways of transposing b."""
+    m, k, n = 24, 40, 16
+    for k_, n_ in ((k, n), (n, k)):
+        a = rng.normal(size=(k_, m) if transpose_a else (m, k_))
+        b = rng.normal(size=(n_, k_) if transpose_b else (k_, n_))
+        a, b = (jnp.asarray(v, jnp.bfloat16) for v in (a, b))
+        fn = jax.jit(functools.partial(layers.dot, transpose_a=transpose_a,
+                                       transpose_b=transpose_b))
+        exact = np.asarray(a, np.float64)
+        exact = (exact.T if transpose_a else exact) @ (np.asarray(b, np.float64).T
+                                                       if transpose_b else np.asarray(b, np.float64))
+        out = fn(a, b)
+        assert out.shape == (m, n_) and out.dtype == jnp.float32
+        np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-4)
+        operand_types = _dot_operand_types(fn.lower(a, b).compile().as_text())
+        assert operand_types and all(t == 'bf16' for pair in operand_types for t in pair)
+
+
+def _dot_operand_types(hlo: str) -> list[tuple[str, ...]]:
+    """The element types of the operands of every dot in compiled HLO text."""
+    types = dict(re.findall(r'%([\w.\-]+) = (\w+)\[', hlo))
+    return [tuple(types[name] for name in re.findall(r'%([\w.\-]+)', operands))
+            for operands in re.findall(r' dot\(([^)]*)\)', hlo)]
 
 
 

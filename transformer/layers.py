@@ -51,6 +51,7 @@ def dropout_threshold(rate: float) -> int:
     return min(round(rate * 256), 255)
 
 
+@jax.named_scope('dropout')
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:
     """Inverted dropout: zeroes a fraction ``rate`` of ``x`` and rescales the rest.
 
@@ -75,44 +76,84 @@ def dropout(x: Array, rate: float, rng: Array | None) -> Array:
     return jnp.where(keep, x * (256.0 / (256 - threshold)), 0).astype(x.dtype)
 
 
-def matmul(x: Array, w: Array, dtype: Any, operand_dtype: Any = None) -> Array:
-    """[n, i] x [i, o] -> [n, o] in ``dtype``, accumulated in float32.
+def matmul(x: Array, w: Array, dtype: Any, operand_dtype: Any = None, *,
+           w_transposed: bool = False) -> Array:
+    """[n, i] x [i, o] -> [n, o] in ``dtype``, accumulated in float32 (w [o, i] with
+    ``w_transposed``: x @ w.T, as the output layer multiplies by the embedding table).
 
     The operands are cast to ``operand_dtype`` (default: ``dtype``). On CPU and GPU a
     bfloat16 matmul only runs at bfloat16 speed when it accumulates in float32
     (``preferred_element_type``). With float32 activations and bfloat16 operands
     (mixed precision), the backward pass's two matmuls take bfloat16 operands too: plain
     autodiff would multiply the float32 output gradient by the bfloat16 operand at float32
-    speed.
+    speed. Bfloat16 matmuls on a CPU go through ``dot`` (which see).
     """
-    operand_dtype = dtype if operand_dtype is None else operand_dtype
-    if jnp.dtype(operand_dtype) == jnp.dtype(dtype):
+    operand_dtype = jnp.dtype(dtype if operand_dtype is None else operand_dtype)
+    if operand_dtype == jnp.dtype(dtype) and not _bf16_on_cpu(operand_dtype):
+        w = w.T if w_transposed else w
         return jnp.dot(x.astype(dtype), w.astype(dtype),
                        preferred_element_type=jnp.float32).astype(dtype)
-    return _mixed_matmul(x, w, jnp.dtype(operand_dtype), x.dtype, w.dtype).astype(dtype)
+    return _mixed_matmul(x, w, operand_dtype, x.dtype, w.dtype, w_transposed).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _mixed_matmul(x: Array, w: Array, operand_dtype, x_dtype, w_dtype) -> Array:
-    """x [n, i] @ w [i, o] -> [n, o] float32, both passes with ``operand_dtype`` operands.
+def _bf16_on_cpu(dtype) -> bool:
+    return (jnp.dtype(dtype) == jnp.bfloat16
+            and (_TARGET_PLATFORM.get() or jax.default_backend()) == 'cpu')
+
+
+_PAD = 8  # rows or columns added to a transposed operand (see ``dot``)
+
+
+def dot(a: Array, b: Array, *, transpose_a: bool = False, transpose_b: bool = False) -> Array:
+    """(a.T if transpose_a else a) @ (b.T if transpose_b else b) for 2-D a and b, in float32.
+
+    XLA:CPU (jax 0.10) hands a bfloat16 matmul to YNNPACK, at bfloat16 speed, only in the
+    row-major form [m, k] @ [k, n]; any other form it computes in float32, 4-6x slower on
+    an AVX-512/AMX host (``make bench CASES=canonical_matmul``). Every backward-pass matmul
+    is of another form (x.T @ grad, grad @ w.T), and XLA folds an explicit transpose back
+    into the matmul. So for bfloat16 on a CPU the transposed operand is padded with
+    ``_PAD`` zero rows or columns, which XLA cannot fold: padding a non-contracted axis
+    makes ``_PAD`` extra rows of the product, sliced off; padding the contracted axis of
+    both operands adds zeros to each sum. The second copies ``a``, the first the product,
+    so the cheaper is chosen. Elsewhere, and for other dtypes, it is one plain matmul.
+    """
+    if not _bf16_on_cpu(a.dtype):
+        return jnp.dot(a.T if transpose_a else a, b.T if transpose_b else b,
+                       preferred_element_type=jnp.float32)
+    if transpose_a:                                     # a [k, m] -> [m + _PAD, k]
+        a_t = jnp.pad(a.T, ((0, _PAD), (0, 0)))
+        return dot(a_t, b, transpose_b=transpose_b)[:a.shape[1]]
+    if not transpose_b:
+        return jnp.dot(a, b, preferred_element_type=jnp.float32)
+    n, k = b.shape                                      # b [n, k]
+    if k < 2 * n:  # copying a (bfloat16 [m, k]) costs less than the float32 product [m, n]
+        return jnp.dot(jnp.pad(a, ((0, 0), (0, _PAD))), jnp.pad(b.T, ((0, _PAD), (0, 0))),
+                       preferred_element_type=jnp.float32)
+    return jnp.dot(a, jnp.pad(b.T, ((0, 0), (0, _PAD))), preferred_element_type=jnp.float32)[:, :n]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _mixed_matmul(x: Array, w: Array, operand_dtype, x_dtype, w_dtype,
+                  w_transposed: bool) -> Array:
+    """x [n, i] @ w [i, o] (w [o, i] transposed) -> [n, o] float32, both passes with
+    ``operand_dtype`` operands.
 
     ``x_dtype`` and ``w_dtype`` (those of x and w) are the dtypes of the gradients.
     """
-    return jnp.dot(x.astype(operand_dtype), w.astype(operand_dtype),
-                   preferred_element_type=jnp.float32)
+    return _mixed_matmul_fwd(x, w, operand_dtype, x_dtype, w_dtype, w_transposed)[0]
 
 
-def _mixed_matmul_fwd(x, w, operand_dtype, x_dtype, w_dtype):
+def _mixed_matmul_fwd(x, w, operand_dtype, x_dtype, w_dtype, w_transposed):
     x, w = x.astype(operand_dtype), w.astype(operand_dtype)  # kept for the backward pass
-    return jnp.dot(x, w, preferred_element_type=jnp.float32), (x, w)
+    return dot(x, w, transpose_b=w_transposed), (x, w)
 
 
-def _mixed_matmul_bwd(operand_dtype, x_dtype, w_dtype, residuals, grad):
+def _mixed_matmul_bwd(operand_dtype, x_dtype, w_dtype, w_transposed, residuals, grad):
     x, w = residuals
     grad = grad.astype(operand_dtype)                                              # [n, o]
-    grad_x = jnp.dot(grad, w.T, preferred_element_type=jnp.float32)               # [n, i]
-    grad_w = jnp.dot(x.T, grad, preferred_element_type=jnp.float32)               # [i, o]
-    return grad_x.astype(x_dtype), grad_w.astype(w_dtype)
+    grad_x = dot(grad, w, transpose_b=not w_transposed)                            # [n, i]
+    grad_w = dot(x, grad, transpose_a=True)                                        # [i, o]
+    return grad_x.astype(x_dtype), (grad_w.T if w_transposed else grad_w).astype(w_dtype)
 
 
 _mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
@@ -176,11 +217,12 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
     d_head = q.shape[-1]
     q = q * jnp.asarray(d_head ** -0.5, q.dtype)
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-    if mask is not None:
-        # A large finite negative, not -inf: a fully masked row (a padding query) then gets
-        # uniform weights instead of NaN, and its output is ignored downstream anyway.
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1)
+    with jax.named_scope('attention_softmax'):  # the name profiles group its time under
+        if mask is not None:
+            # A large finite negative, not -inf: a fully masked row (a padding query) then gets
+            # uniform weights instead of NaN, and its output is ignored downstream anyway.
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1)
     dropped = dropout(weights, dropout_rate, dropout_rng)
     out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(v.dtype), v,
                      preferred_element_type=jnp.float32).astype(v.dtype)
@@ -343,15 +385,32 @@ def rotary(x: Array, positions: Array, base: float = 10000.0) -> Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
 
 
+class _NamedNorm:
+    """Names the norm's operations 'norm' in the compiled program, where profiles
+    (``benchmarks/profile.py``) find them; parameters and numerics are nnx's."""
+
+    def __call__(self, x: Array) -> Array:
+        with jax.named_scope('norm'):
+            return super().__call__(x)
+
+
+class LayerNorm(_NamedNorm, nnx.LayerNorm):
+    pass
+
+
+class RMSNorm(_NamedNorm, nnx.RMSNorm):
+    pass
+
+
 def norm_layer(kind: str, features: int, dtype: Any, param_dtype: Any, rngs: nnx.Rngs,
                axis: str = 'embed') -> nnx.Module:
     """LayerNorm (scale and bias) or RMSNorm (scale only) over the last axis, epsilon 1e-6,
     its parameters' axis named ``axis``."""
     meta = {'logical_axes': (axis,)}
     if kind == 'rmsnorm':
-        return nnx.RMSNorm(features, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
+        return RMSNorm(features, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
                            rngs=rngs, scale_metadata=meta)
-    return nnx.LayerNorm(features, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+    return LayerNorm(features, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                          scale_metadata=meta, bias_metadata=meta)
 
 

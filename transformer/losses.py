@@ -58,6 +58,7 @@ def token_losses(logits: jax.Array, targets: jax.Array, label_smoothing: float):
     return _token_losses_fwd(logits, targets, label_smoothing)[0]
 
 
+@jax.named_scope('loss')
 def _token_losses_fwd(logits, targets, label_smoothing):
     logits = logits.astype(jnp.float32)
     confidence, low, entropy = _smoothing(logits.shape[-1], label_smoothing)
@@ -72,6 +73,7 @@ def _token_losses_fwd(logits, targets, label_smoothing):
     return (loss, nll, correct), (logits, log_z, targets)
 
 
+@jax.named_scope('loss')
 def _token_losses_bwd(label_smoothing, residuals, cotangents):
     logits, log_z, targets = residuals
     d_loss, d_nll, _ = cotangents                                                  # [b, t] each

@@ -221,8 +221,8 @@ class Embedder(nnx.Module):
     def attend(self, y: Array) -> Array:
         """Output logits with the embedding as pre-softmax matrix: [b, l, d] -> [b, l, V] float32."""
         *lead, d = y.shape
-        logits = layers.matmul(y.reshape(-1, d), self.table[...].T, jnp.float32,  # [b*l, V]
-                               self.matmul_dtype or self.dtype)
+        logits = layers.matmul(y.reshape(-1, d), self.table[...], jnp.float32,  # [b*l, V]
+                               self.matmul_dtype or self.dtype, w_transposed=True)
         return logits.reshape(*lead, -1)
 
 

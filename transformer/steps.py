@@ -85,11 +85,13 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, *,
         zeros = jax.tree.map(jnp.zeros_like, (state.params, _empty_sums(
             ('consistency',) if rdrop_alpha else ())))
         (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
-        grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
-        # Counts updates whose loss or gradient was NaN/inf; the loop stops before saving.
-        sums['nonfinite'] = (~jnp.isfinite(sums['loss'] + optax.tree.norm(grads))).astype(jnp.float32)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        with jax.named_scope('optimizer'):
+            grads = jax.tree.map(lambda g: g / jnp.maximum(sums['tokens'], 1.0), grads)
+            # Counts updates whose loss or gradient was NaN/inf; the loop stops before saving.
+            sums['nonfinite'] = (~jnp.isfinite(sums['loss'] + optax.tree.norm(grads))
+                                 ).astype(jnp.float32)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), sums
 
     return _jit(train_step, state_sharding, batch_sharding, sharded_output=state_sharding,
