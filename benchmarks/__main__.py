@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks import profile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> (implementation, function, keyword arguments)
@@ -31,8 +33,10 @@ for _size in ('small', 'base'):
             CASES[f'train_{_size}_{_dtype}{_suffix}'] = (
                 'jax', 'train_step', dict(size=_size, dtype=_dtype, dropout=_dropout))
         if _dtype != 'mixed':
-            CASES[f'torch_train_{_size}_{_dtype}'] = (
-                'torch', 'train_step', dict(size=_size, dtype=_dtype, dropout=0.1))
+            for _compiled in (False, True):
+                CASES[f'torch_{"compile_" if _compiled else ""}train_{_size}_{_dtype}'] = (
+                    'torch', 'train_step',
+                    dict(size=_size, dtype=_dtype, dropout=0.1, compiled=_compiled))
 for _kind in ('beam', 'greedy'):
     for _dtype in ('float32', 'bfloat16'):
         CASES[f'{_kind}_small_{_dtype}'] = ('jax', 'decoding', dict(kind=_kind, dtype=_dtype))
@@ -47,10 +51,43 @@ CASES['input_pipeline'] = ('jax', 'input_pipeline', {})
 CASES['input_pipeline_subword'] = ('jax', 'input_pipeline', dict(subword_nbest=8))
 CASES['dropout_masks'] = ('jax', 'dropout_masks', {})
 CASES['loss_head'] = ('jax', 'loss_head', {})
+CASES['canonical_matmul'] = ('jax', 'canonical_matmul', {})
+# Where the train step's time goes, by kind of operation (benchmarks/profile.py).
+for _size in ('small', 'base'):
+    CASES[f'profile_train_{_size}'] = ('jax', 'jax_profile', dict(size=_size, dtype='mixed'))
+    CASES[f'torch_profile_train_{_size}'] = ('torch', 'torch_profile',
+                                            dict(size=_size, dtype='bfloat16'))
 # Compile time of a 24 + 24-layer model's train step: unrolled layers against scanned.
 for _scan in (False, True):
     CASES[f'compile_deep_{"scanned" if _scan else "unrolled"}'] = (
         'jax', 'deep_compile', dict(scan_layers=_scan))
+
+# XLA:CPU flag sets (XLA_FLAGS), each timed on the small and base mixed-precision train
+# steps: which library runs the matmuls (YNNPACK, XNNPACK or oneDNN) and what it fuses, and
+# the LLVM code generator's vector width, ISA and fast math.
+NO_YNN = '--xla_cpu_experimental_ynn_fusion_type='  # an empty list: YNNPACK runs nothing
+XLA_FLAG_SETS = {
+    'default': '',
+    'ynn_off': NO_YNN,
+    'ynn_eltwise_reduce': '--xla_cpu_experimental_ynn_fusion_type=+eltwise,+reduce',
+    'xnn_dot': f'{NO_YNN} --xla_cpu_experimental_xnn_fusion_type=dot',
+    'xnn_graph': f'{NO_YNN} --xla_cpu_experimental_xnn_graph_fusion_mode='
+                 'XNN_GRAPH_FUSION_MODE_GREEDY',
+    'onednn_custom_call': f'{NO_YNN} --xla_cpu_use_onednn=true '
+                          '--xla_cpu_experimental_onednn_custom_call=true',
+    'onednn_dot': f'{NO_YNN} --xla_cpu_use_onednn=true '
+                  '--xla_cpu_experimental_onednn_fusion_type=dot',
+    'onednn_dot_eltwise': f'{NO_YNN} --xla_cpu_use_onednn=true '
+                          '--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce',
+    'vector_width_512': '--xla_cpu_prefer_vector_width=512',
+    'max_isa_avx2': '--xla_cpu_max_isa=AVX2',
+    'fast_math': '--xla_cpu_enable_fast_math=true',
+    'concurrency_scheduler': '--xla_cpu_enable_concurrency_optimized_scheduler=true',
+}
+for _name, _flags in XLA_FLAG_SETS.items():
+    for _size in ('small', 'base'):
+        CASES[f'xla_flags_{_size}_{_name}'] = (
+            'jax', 'train_step', dict(size=_size, dtype='mixed', dropout=0.1, xla_flags=_flags))
 
 
 def run_case(name: str, multi30k_dir: str, timeout_s: float, matmul_size: int) -> dict:
@@ -62,6 +99,8 @@ def run_case(name: str, multi30k_dir: str, timeout_s: float, matmul_size: int) -
            '--matmul_size', str(matmul_size)]
     env = dict(os.environ)
     env['TRANSFORMER_MALLOC_DEFAULTS'] = '1' if name.endswith(MALLOC_DEFAULTS_SUFFIX) else '0'
+    if 'xla_flags' in kwargs:
+        env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} {kwargs["xla_flags"]}'.strip()
     start = time.perf_counter()
     try:
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -79,6 +118,7 @@ def run_case(name: str, multi30k_dir: str, timeout_s: float, matmul_size: int) -
 
 def worker(name: str, multi30k_dir: str, matmul_size: int) -> None:
     impl, function, kwargs = CASES[name]
+    kwargs = {k: v for k, v in kwargs.items() if k != 'xla_flags'}  # set in XLA_FLAGS
     if function == 'matmul_peaks':
         kwargs = dict(kwargs, n=matmul_size)
     if impl == 'jax':  # as train.py does, before JAX starts (TRANSFORMER_MALLOC_DEFAULTS opts out)
@@ -87,7 +127,9 @@ def worker(name: str, multi30k_dir: str, matmul_size: int) -> None:
         platform_settings.configure()
     if function == 'input_pipeline':
         kwargs = dict(kwargs, manual_dir=multi30k_dir)
-    if impl == 'torch':
+    if function.endswith('_profile'):
+        from benchmarks import profile as module
+    elif impl == 'torch':
         from benchmarks import torch_peer as module
     elif impl == 'ct2':
         from benchmarks import ct2_peer as module
@@ -113,6 +155,8 @@ AGAINST_REFERENCE = {
                   'autodiff through log_softmax', 1),
     'dropout_masks': ('dropout masks of a small step', 'a byte per element',
                       'jax.random.bernoulli, a word per element', 0),
+    'canonical_matmul': ('output layer matmuls, bfloat16 (x @ table.T, g @ table, g.T @ x)',
+                         'row-major forms, layers.dot', 'transposed operands', 1),
 }
 
 
@@ -123,14 +167,15 @@ def ratios(results: list[dict]) -> list[str]:
     for size in ('small', 'base'):
         ours = [by[k] for k in (f'train_{size}_float32', f'train_{size}_bfloat16',
                                 f'train_{size}_mixed') if k in by]
-        peers = [by[k] for k in (f'torch_train_{size}_float32', f'torch_train_{size}_bfloat16')
-                 if k in by]
+        peers = [by[f'torch_{mode}train_{size}_{dtype}'] for mode in ('', 'compile_')
+                 for dtype in ('float32', 'bfloat16') if f'torch_{mode}train_{size}_{dtype}' in by]
         if ours and peers:
             def rate(r):
                 return r['tokens_per_s']
             best, peer = max(ours, key=rate), max(peers, key=rate)
             lines.append(f'train {size}: ours {best["tokens_per_s"]:,.0f} tok/s ({best["dtype"]}) / '
-                         f'PyTorch {peer["tokens_per_s"]:,.0f} tok/s ({peer["dtype"]}) = '
+                         f'PyTorch {peer["tokens_per_s"]:,.0f} tok/s ({peer["dtype"]}, '
+                         f'{"torch.compile" if peer.get("compiled") else "eager"}) = '
                          f'{best["tokens_per_s"] / peer["tokens_per_s"]:.2f}x')
     for kind in ('beam', 'greedy'):
         ours = [by[k] for k in (f'{kind}_small_float32', f'{kind}_small_bfloat16') if k in by]
@@ -174,7 +219,8 @@ def ratios(results: list[dict]) -> list[str]:
     return lines
 
 
-RATE_UNITS = (('tokens_per_s', ''), ('examples_per_s', ' ex/s'), ('elements_per_s', ' elem/s'))
+RATE_UNITS = (('tokens_per_s', ''), ('examples_per_s', ' ex/s'), ('elements_per_s', ' elem/s'),
+              ('gflops', ' GFLOP/s'))
 
 
 def table(results: list[dict]) -> str:
@@ -196,6 +242,37 @@ def table(results: list[dict]) -> str:
                      f'{r["peak_rss_mib"]:,.0f}'))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+def flag_table(results: list[dict]) -> str:
+    """Markdown: each XLA flag set's train step time against the default flags', the
+    libraries running its matmuls, and how far its first losses are from the default's."""
+    by = {r['case']: r for r in results if r['case'].startswith('xla_flags_')}
+    if not by:
+        return ''
+    rows = ['| flags | ' + ' | '.join(f'{size} step (ms)' for size in ('small', 'base'))
+            + ' | matmuls by | loss difference |', '|---|---|---|---|---|']
+    for name, flags in XLA_FLAG_SETS.items():
+        cells, libraries, differences = [], '', []
+        for size in ('small', 'base'):
+            r, default = by.get(f'xla_flags_{size}_{name}'), by.get(f'xla_flags_{size}_default')
+            if not r:
+                cells.append('')
+            elif 'error' in r:
+                cells.append(r['error'][:40])
+            else:
+                ratio = (f' ({r["step_s"] / default["step_s"]:.2f}x)'
+                         if default and 'step_s' in default else '')
+                cells.append(f'{1000 * r["step_s"]:.0f}{ratio}')
+                libraries = ', '.join(f'{lib} {count}' for lib, count in
+                                      r['library_fusions'].items()) or 'XLA (Eigen)'
+                if default and 'first_losses' in default:
+                    differences += [abs(a - b) for a, b in zip(r['first_losses'],
+                                                               default['first_losses'])]
+        difference = f'{max(differences):.1e}' if differences else ''
+        rows.append(f'| {name}: `{flags or "(none)"}` | ' + ' | '.join(cells)
+                    + f' | {libraries} | {difference} |')
+    return '\n'.join(rows)
 
 
 def main() -> None:
@@ -236,6 +313,9 @@ def main() -> None:
     print(table(results))
     for line in ratios(results):
         print(line)
+    for extra in (flag_table(results), profile.table(results)):
+        if extra:
+            print('\n' + extra)
     if out_path:
         with open(out_path, 'a') as f:
             for r in results:

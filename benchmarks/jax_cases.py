@@ -52,10 +52,9 @@ def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeat
             'peak_rss_mib': peak_rss_mib()}
 
 
-def time_train_step(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int, *, warmup: int,
-                    repeats: int) -> dict:
-    """Median step time of ``cfg``'s train step (Adam) on a synthetic batch, its compile time,
-    target tokens per second and model FLOPs."""
+def compiled_train_step(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int):
+    """(compiled step, initial state, synthetic batch, compile seconds) of ``cfg``'s train
+    step with Adam."""
     def make_model():
         return EncoderDecoder(cfg, rngs=nnx.Rngs(0))
     optimizer = optim.make_optimizer(optim.rsqrt_schedule(1e-4, 100, 0), 'adam',
@@ -66,16 +65,32 @@ def time_train_step(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int, *, 
     data = _synthetic_batch(rows, src_len, tgt_len, cfg.vocab_size)
     start = time.perf_counter()
     compiled = step.lower(state, data).compile()
-    compile_s = time.perf_counter() - start
-    holder = {'state': state}
+    return compiled, state, data, time.perf_counter() - start
+
+
+def time_train_step(cfg: ModelConfig, rows: int, src_len: int, tgt_len: int, *, warmup: int,
+                    repeats: int) -> dict:
+    """Median step time of ``cfg``'s train step (Adam) on a synthetic batch, its compile time,
+    target tokens per second and model FLOPs."""
+    compiled, state, data, compile_s = compiled_train_step(cfg, rows, src_len, tgt_len)
+    holder = {'state': state, 'losses': []}
 
     def run():
         holder['state'], sums = compiled(holder['state'], data)
-        jax.block_until_ready(sums)
+        holder['losses'].append(float(sums['loss'] / sums['tokens']))
 
     seconds = median_seconds(run, warmup=warmup, repeats=repeats)
     return {'step_s': seconds, 'tokens_per_s': rows * tgt_len / seconds, 'compile_s': compile_s,
-            'model_flops': train_flops(cfg, src_len, tgt_len, rows)}
+            'model_flops': train_flops(cfg, src_len, tgt_len, rows),
+            'first_losses': holder['losses'][:3],
+            'library_fusions': library_fusions(compiled.as_text())}
+
+
+def library_fusions(hlo: str) -> dict:
+    """How many operations of a compiled program each matmul library runs."""
+    return {lib: hlo.count(marker) for lib, marker in (
+        ('ynnpack', '"__ynn_fusion"'), ('xnnpack', '"__xnn_fusion"'), ('onednn', 'onednn'))
+        if marker in hlo}
 
 
 def decoding(kind: str, dtype: str, *, warmup: int = 1, repeats: int = 3) -> dict:
@@ -136,6 +151,36 @@ def _alternate(fns: dict, args: tuple, warmup: int, repeats: int) -> dict:
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def canonical_matmul(*, warmup: int = 2, repeats: int = 15) -> dict:
+    """The three bfloat16 matmuls of a small train step's output layer: ``layers.dot``
+    (each in the row-major form XLA:CPU runs at bfloat16 speed) against the same products
+    written with transposes, as autodiff emits them.
+
+    Decoder states x [2048, 256], the 8,192-token embedding table [8192, 256] and the
+    logits' gradient g [2048, 8192]: logits x @ table.T, g @ table and g.T @ x.
+    """
+    from transformer import layers
+
+    key = jax.random.key(0)
+    x, table, g = (jax.random.normal(jax.random.fold_in(key, i), shape).astype(jnp.bfloat16)
+                   for i, shape in enumerate(((2048, 256), (8192, 256), (2048, 8192))))
+
+    def ours(x, table, g):
+        return (layers.dot(x, table, transpose_b=True), layers.dot(g, table),
+                layers.dot(x, g, transpose_a=True).T)
+
+    def transposed(x, table, g):
+        f32 = jnp.float32
+        return (jnp.dot(x, table.T, preferred_element_type=f32),
+                jnp.dot(g, table, preferred_element_type=f32),
+                jnp.dot(g.T, x, preferred_element_type=f32))
+
+    fns = {'step_s': jax.jit(ours), 'reference_step_s': jax.jit(transposed)}
+    out = _alternate(fns, (x, table, g), warmup, repeats)
+    return {**out, 'gflops': 3 * 2 * 2048 * 256 * 8192 / out['step_s'] / 1e9,
+            'peak_rss_mib': peak_rss_mib()}
 
 
 def loss_head(*, warmup: int = 2, repeats: int = 15) -> dict:

@@ -1,8 +1,11 @@
-"""The PyTorch peer: ``torch.nn.Transformer`` trained at the same sizes, eager.
+"""The PyTorch peer: ``torch.nn.Transformer`` trained at the same sizes, eager or under
+``torch.compile``.
 
 Same model as ours where it matters for speed: post-LN, ReLU, shared input/output
 embedding, sinusoidal positions, label-smoothed cross-entropy, Adam inside the step. The
-bfloat16 variant runs under CPU autocast (float32 parameters), as PyTorch users do.
+bfloat16 variant runs under CPU autocast (float32 parameters), as PyTorch users do. Compiled,
+the forward pass and loss go through ``torch.compile`` (TorchInductor, which needs a C++
+compiler) and autograd runs its compiled backward; Adam stays eager.
 Install with ``pip install -r benchmarks/requirements.txt`` (not a runtime dependency).
 """
 
@@ -17,7 +20,24 @@ from transformer.flops import train_flops
 from transformer.model import SIZES, ModelConfig
 
 
-def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeats: int = 5) -> dict:
+def train_step(size: str, dtype: str, dropout: float, *, compiled: bool = False, warmup: int = 2,
+               repeats: int = 5) -> dict:
+    import torch
+
+    run = make_train_step(size, dtype, dropout, compiled=compiled)
+    variant, vocab, batch, src_len, tgt_len = TRAIN_SIZES[size]
+    start = time.perf_counter()
+    run()  # the first step pays allocation and kernel selection: PyTorch's "compile"
+    first_s = time.perf_counter() - start
+    seconds = median_seconds(run, warmup=warmup, repeats=repeats)
+    return {'step_s': seconds, 'tokens_per_s': batch * tgt_len / seconds,
+            'compile_s': max(first_s - seconds, 0.0),
+            'model_flops': train_flops(ModelConfig.make(variant, vocab), src_len, tgt_len, batch),
+            'peak_rss_mib': peak_rss_mib(), 'torch': torch.__version__}
+
+
+def make_train_step(size: str, dtype: str, dropout: float, *, compiled: bool = False):
+    """A function running one optimizer step of the peer on a fixed random batch."""
     import torch
     from torch import nn
 
@@ -53,20 +73,17 @@ def train_step(size: str, dtype: str, dropout: float, *, warmup: int = 2, repeat
     tgt = torch.randint(4, vocab, (batch, tgt_len))
     tgt_in = torch.cat([torch.full((batch, 1), 2), tgt[:, :-1]], 1)
 
-    def run():
-        optimizer.zero_grad(set_to_none=True)
+    def compute_loss(src, tgt_in, tgt):
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):
             logits = model(src, tgt_in)
-        loss = nn.functional.cross_entropy(logits.float().reshape(-1, vocab), tgt.reshape(-1),
+        return nn.functional.cross_entropy(logits.float().reshape(-1, vocab), tgt.reshape(-1),
                                            label_smoothing=0.1)
-        loss.backward()
+
+    loss_fn = torch.compile(compute_loss) if compiled else compute_loss
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(src, tgt_in, tgt).backward()
         optimizer.step()
 
-    start = time.perf_counter()
-    run()  # the first step pays allocation and kernel selection: PyTorch's "compile"
-    first_s = time.perf_counter() - start
-    seconds = median_seconds(run, warmup=warmup, repeats=repeats)
-    return {'step_s': seconds, 'tokens_per_s': batch * tgt_len / seconds,
-            'compile_s': max(first_s - seconds, 0.0),
-            'model_flops': train_flops(ModelConfig.make(variant, vocab), src_len, tgt_len, batch),
-            'peak_rss_mib': peak_rss_mib(), 'torch': torch.__version__}
+    return run

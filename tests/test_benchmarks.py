@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
-from benchmarks.__main__ import add_utilization, ratios, table
+import jax
+import jax.numpy as jnp
+
+from benchmarks import profile
+from benchmarks.__main__ import add_utilization, flag_table, ratios, table
 from conftest import ROOT
 from transformer import flops
 from transformer.model import ModelConfig
@@ -31,7 +35,7 @@ def test_utilization_and_ratios_use_the_peaks_of_the_same_run():
     add_utilization(results)
     assert results[1]['mfu_vs_float32_peak'] == 0.5 and results[1]['mfu_vs_bfloat16_peak'] == 0.25
     assert ratios(results) == ['train small: ours 1,024 tok/s (float32) / PyTorch 512 tok/s '
-                               '(bfloat16) = 2.00x']
+                               '(bfloat16, eager) = 2.00x']
 
 
 def test_the_dropout_mask_case_is_reported_against_its_reference():
@@ -92,3 +96,45 @@ def test_decoding_is_reported_against_ctranslate2_float32_with_its_int8_beside()
                {'case': 'ct2_beam_small_int8', 'tokens_per_s': 6000.0}]
     assert ratios(results) == ['beam small: ours 1,500 tok/s (bfloat16) / CTranslate2 float32 '
                                '3,000 tok/s = 0.50x; its int8 6,000 tok/s = 0.25x']
+
+
+def test_profile_classifies_compiled_operations_by_what_they_fuse_and_their_scope():
+    """Matmuls by their dot, the model's named parts by scope (also under autodiff, where
+    names read 'transpose(jvp(dropout))'), the rest as copies or elementwise."""
+    def step(x, w):
+        def loss(w):
+            with jax.named_scope('dropout'):
+                h = jnp.tanh(x @ w) * 1.5
+            return jnp.sum(h.T)
+        grad = jax.grad(loss)(w)
+        with jax.named_scope('optimizer'):
+            return w - 0.1 * jnp.sqrt(jnp.abs(grad))
+
+    compiled = jax.jit(step).lower(jnp.ones((64, 32)), jnp.ones((32, 48))).compile()
+    instructions, computations = profile.parse_hlo(compiled.as_text())
+    kinds = {profile.classify(name, instructions, computations) for name in instructions}
+    assert {'matmul', 'dropout', 'optimizer update'} <= kinds
+    assert profile.classify('no_such_operation', instructions, computations) is None
+    assert profile.torch_kind('aten::addmm', False) == 'matmul'
+    assert profile.torch_kind('aten::native_layer_norm_backward', False) == 'normalization'
+    assert profile.torch_kind('aten::_foreach_mul_', True) == 'optimizer update'
+    assert profile.torch_kind('aten::relu', False) == 'elementwise, other'
+
+
+def test_profiles_and_flag_sets_are_tabulated_side_by_side():
+    results = [{'case': 'profile_train_small', 'step_s': 0.4,
+                'ms_by_kind': {'matmul': 300.0, 'dropout': 100.0}},
+               {'case': 'torch_profile_train_small', 'step_s': 0.5,
+                'ms_by_kind': {'matmul': 200.0, 'elementwise, other': 300.0}}]
+    lines = profile.table(results).splitlines()
+    assert lines[1].split() == ['matmul', '300', 'ms', '(75%)', '200', 'ms', '(40%)']
+    assert lines[-1].split()[-4:] == ['400', 'ms', '500', 'ms']
+    flags = [{'case': 'xla_flags_small_default', 'step_s': 0.4, 'first_losses': [8.0, 7.0],
+              'library_fusions': {'ynnpack': 10}},
+             {'case': 'xla_flags_small_fast_math', 'step_s': 0.3, 'first_losses': [8.0, 7.001],
+              'library_fusions': {'ynnpack': 10}},
+             {'case': 'xla_flags_small_onednn_dot', 'error': 'partition compile failed'}]
+    text = flag_table(flags)
+    assert '| default: `(none)` | 400 (1.00x) |  | ynnpack 10 | 0.0e+00 |' in text
+    assert '| 300 (0.75x) |  | ynnpack 10 | 1.0e-03 |' in text
+    assert 'partition compile failed' in text
