@@ -239,7 +239,7 @@ def table(results: list[dict]) -> str:
                      f'{100 * r["mfu_vs_float32_peak"]:.0f}%' if 'mfu_vs_float32_peak' in r else '',
                      f'{100 * r["mfu_vs_bfloat16_peak"]:.0f}%' if 'mfu_vs_bfloat16_peak' in r else '',
                      f'{r["compile_s"]:.1f}' if 'compile_s' in r else '',
-                     f'{r["peak_rss_mib"]:,.0f}'))
+                     f'{r["peak_rss_mib"]:,.0f}' if 'peak_rss_mib' in r else ''))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
 
@@ -299,16 +299,19 @@ def main() -> None:
     if 'matmul_peaks' not in names:
         names.insert(0, 'matmul_peaks')  # every run measures its own peaks
     out_path = os.environ.get('BENCH_OUT')
+    machine = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+               'time': time.strftime('%Y-%m-%dT%H:%M:%S')}
     results = []
     for name in names:
         print(f'[{len(results) + 1}/{len(names)}] {name} ...', end=' ', flush=True)
         result = run_case(name, args.multi30k_dir, args.timeout_s, args.matmul_size)
         results.append(result)
+        if out_path:  # as each case ends, so an interrupted run keeps what it measured
+            with open(out_path, 'a') as f:
+                f.write(json.dumps({**machine, **result}) + '\n')
         print(result.get('error') or result.get('skipped') or f'{result.get("wall_s", 0):.0f} s',
               flush=True)
     add_utilization(results)
-    machine = {'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
-               'time': time.strftime('%Y-%m-%dT%H:%M:%S')}
     print()
     print(table(results))
     for line in ratios(results):
@@ -317,9 +320,6 @@ def main() -> None:
         if extra:
             print('\n' + extra)
     if out_path:
-        with open(out_path, 'a') as f:
-            for r in results:
-                f.write(json.dumps({**machine, **r}) + '\n')
         print(f'wrote {len(results)} JSON lines to {out_path}')
 
 

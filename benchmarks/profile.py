@@ -19,6 +19,8 @@ import re
 import tempfile
 import time
 
+from benchmarks.common import peak_rss_mib
+
 KINDS = ('matmul', 'attention, fused kernel', 'attention softmax', 'normalization', 'dropout',
          'loss (log-softmax)', 'optimizer update', 'copies, transposes, casts',
          'elementwise, other')
@@ -114,7 +116,7 @@ def jax_profile(size: str, dtype: str = 'mixed', *, steps: int = 3) -> dict:
         kind = classify(name, instructions, computations)
         if kind:
             ms[kind] += duration_ns / 1e6 / steps
-    return {'step_s': step_s, 'ms_by_kind': dict(ms)}
+    return {'step_s': step_s, 'ms_by_kind': dict(ms), 'peak_rss_mib': peak_rss_mib()}
 
 
 TORCH_KINDS = (
@@ -162,7 +164,7 @@ def torch_profile(size: str, dtype: str = 'bfloat16', *, steps: int = 3) -> dict
             in_optimizer = parent.name.startswith('Optimizer.')
             parent = parent.cpu_parent
         ms[torch_kind(event.name, in_optimizer)] += event.self_cpu_time_total / 1e3 / steps
-    return {'step_s': step_s, 'ms_by_kind': dict(ms)}
+    return {'step_s': step_s, 'ms_by_kind': dict(ms), 'peak_rss_mib': peak_rss_mib()}
 
 
 def table(results: list[dict]) -> str:

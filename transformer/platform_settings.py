@@ -7,6 +7,14 @@ on a CPU. GPUs and TPUs keep threefry too until measured there (``benchmarks/acc
 times all three on a GPU): the invariants the tests prove (a sharded step equals the
 one-device step, a run moves between host counts with the same masks) hold for threefry,
 whose bits do not depend on how arrays are split.
+
+No XLA:CPU flags are set: measured on the small and base mixed-precision train steps
+(``make bench CASES=xla_flags_``, table in the README), the defaults were the fastest or
+within 1% of the fastest set. YNNPACK runs the matmuls by default; switching it off doubles
+the step, and the XNNPACK and oneDNN flags then leave the matmuls to XLA's own (Eigen) code
+-- the PyPI jaxlib 0.10.2 does not fuse into either, and oneDNN's dot fusion fails to compile.
+What did pay on a CPU is the form of the bfloat16 matmuls (``layers.dot``), decided where the
+matmul is traced.
 """
 
 from __future__ import annotations
