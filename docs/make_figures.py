@@ -4,7 +4,8 @@
     python docs/make_figures.py --default_workdir runs/default \\
         --multi30k_workdirs runs/m30k_de_en,runs/m30k_en_de --out docs/figures
 
-The positional-encoding and learning-rate figures need no run. The cross-attention figure
+The positional-encoding and learning-rate figures, and the diagrams of docs/diagrams.py
+(architecture, attention shapes, masks, label smoothing, KV cache), need no run. The cross-attention figure
 needs a trained default-task workdir (``make train``); the learning curves read each run's
 ``metrics.jsonl`` and the BLEU chart its ``eval_*.json`` (``eval.py`` writes them). A workdir
 that does not exist is named, and the figures that need it are skipped.
@@ -27,6 +28,8 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the configs package lives at the repository root
+
+import diagrams  # noqa: E402  (docs/diagrams.py, beside this script)
 
 from configs import default as default_config  # noqa: E402
 from configs import multi30k as multi30k_config  # noqa: E402
@@ -150,6 +153,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     positional_encoding(args.out)
     learning_rate(args.out)
+    for draw in diagrams.ALL:  # drawn from the code: architecture, shapes, masks, loss, cache
+        draw(args.out)
     runs = [args.default_workdir] + [w for w in args.multi30k_workdirs.split(',') if w]
     missing = [w for w in runs if not os.path.isfile(os.path.join(w, 'metrics.jsonl'))]
     for workdir in missing:

@@ -84,12 +84,16 @@ def test_relative_links_and_images_resolve(path):
     assert checked >= (10 if path.startswith('docs') else 1)
 
 
+DIAGRAMS = ('architecture.png', 'attention_flow.png', 'masks.png', 'label_smoothing.png',
+            'kv_cache.png')  # docs/diagrams.py, drawn without a trained run
+
+
 def test_every_figure_has_alt_text_and_a_caption():
     text = read(POST)
     images = re.findall(r'!\[([^\]]*)\]\(([^)]+)\)\n\n(\*[^\n].*?\*)\n', text, re.S)
     names = {os.path.basename(p) for _, p, _ in images}
     assert names == {'positional_encoding.png', 'learning_rate.png', 'cross_attention.png',
-                     'learning_curves.png', 'bleu.png'}
+                     'learning_curves.png', 'bleu.png', *DIAGRAMS}
     for alt, path, caption in images:
         assert len(alt) > 40, f'{path}: alt text too short'
         assert 'make_figures.py' in caption, f'{path}: caption does not say how it was made'
@@ -107,12 +111,12 @@ def test_make_figures_draws_every_figure_from_a_trained_run(trained, data_dir, t
     out = run('docs/make_figures.py', '--default_workdir', str(workdir),
               '--multi30k_workdirs', str(workdir), '--out', str(tmp_path))
     names = {'positional_encoding.png', 'learning_rate.png', 'cross_attention.png',
-             'learning_curves.png', 'bleu.png'}
+             'learning_curves.png', 'bleu.png', *DIAGRAMS}
     assert {p.name for p in tmp_path.iterdir()} == names, out.stdout
     for name in names:
         assert (tmp_path / name).read_bytes()[:4] == b'\x89PNG'
     missing = run('docs/make_figures.py', '--default_workdir', str(tmp_path / 'none'),
                   '--multi30k_workdirs', '', '--out', str(tmp_path / 'partial'), check=False)
     assert missing.returncode == 1 and 'train it first' in missing.stderr
-    assert sorted(os.listdir(tmp_path / 'partial')) == ['learning_rate.png',
-                                                         'positional_encoding.png']
+    assert sorted(os.listdir(tmp_path / 'partial')) == sorted(
+        ['learning_rate.png', 'positional_encoding.png', *DIAGRAMS])
