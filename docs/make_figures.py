@@ -44,7 +44,8 @@ EXAMPLE = 'March 14, 1975'
 
 def save(fig, out_dir: str, name: str) -> str:
     path = os.path.join(out_dir, name)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # constrained-layout figures place themselves
+        fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches='tight')
     plt.close(fig)
     print(f'wrote {path}')
@@ -95,15 +96,17 @@ def cross_attention(workdir: str, out_dir: str, sentence: str = EXAMPLE) -> str:
         return '</s>' if i == EOS_ID else pieces(i)
 
     layers = weights.shape[0]
-    fig, axes = plt.subplots(1, layers, figsize=(3.2 * layers + 1, 3.6), squeeze=False,
-                             sharey=True)
-    for n, ax in enumerate(axes[0]):
-        ax.imshow(weights[n], cmap='Greys', vmin=0, vmax=1)
-        ax.set_xticks(range(len(src_ids)), [label(i) for i in src_ids], rotation=60)
-        ax.set_yticks(range(len(tgt_ids)), [label(i) for i in tgt_ids])
-        ax.set_title(f'decoder layer {n + 1}')
-    axes[0][0].set_ylabel(f'output: {output}')
-    fig.suptitle(f'Cross-attention, mean over heads: "{sentence}"')
+    with plt.rc_context({'font.size': 13}):
+        fig, axes = plt.subplots(1, layers, figsize=(3.6 * layers + 1.5, 4.6), squeeze=False,
+                                 sharey=True, layout='constrained')
+        for n, ax in enumerate(axes[0]):
+            image = ax.imshow(weights[n], cmap='Greys', vmin=0, vmax=1)
+            ax.set_xticks(range(len(src_ids)), [label(i) for i in src_ids], rotation=60)
+            ax.set_yticks(range(len(tgt_ids)), [label(i) for i in tgt_ids])
+            ax.set(title=f'decoder layer {n + 1}', xlabel='source piece')
+        axes[0][0].set_ylabel(f'output piece\n({output})')
+        fig.colorbar(image, ax=axes[0].tolist(), label='attention weight', shrink=0.8)
+        fig.suptitle(f'Cross-attention, mean over heads: "{sentence}"')
     return save(fig, out_dir, 'cross_attention.png')
 
 
