@@ -21,6 +21,7 @@ import sys
 import time
 
 from benchmarks import profile
+from benchmarks.common import columns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -240,8 +241,7 @@ def table(results: list[dict]) -> str:
                      f'{100 * r["mfu_vs_bfloat16_peak"]:.0f}%' if 'mfu_vs_bfloat16_peak' in r else '',
                      f'{r["compile_s"]:.1f}' if 'compile_s' in r else '',
                      f'{r["peak_rss_mib"]:,.0f}' if 'peak_rss_mib' in r else ''))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return columns(rows)
 
 
 def flag_table(results: list[dict]) -> str:

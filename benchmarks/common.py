@@ -23,6 +23,12 @@ def median_seconds(fn, *, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def columns(rows: list) -> str:
+    """Rows of cells as left-aligned text columns two spaces apart."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return '\n'.join('  '.join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
 def peak_rss_mib() -> float:
     """The process's peak resident memory so far (each case runs in its own process)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -19,7 +19,7 @@ import re
 import tempfile
 import time
 
-from benchmarks.common import peak_rss_mib
+from benchmarks.common import columns, peak_rss_mib
 
 KINDS = ('matmul', 'attention, fused kernel', 'attention softmax', 'normalization', 'dropout',
          'loss (log-softmax)', 'optimizer update', 'copies, transposes, casts',
@@ -180,8 +180,7 @@ def table(results: list[dict]) -> str:
     rows.append(['sum of operation times'] + [f'{sum(r["ms_by_kind"].values()):.0f} ms'
                                                for r in results])
     rows.append(['step (wall, while traced)'] + [f'{1000 * r["step_s"]:.0f} ms' for r in results])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return '\n'.join('  '.join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+    return columns(rows)
 
 
 def _cell(result: dict, kind: str) -> str:

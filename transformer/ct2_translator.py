@@ -23,18 +23,23 @@ log = logging.getLogger('transformer')
 EXPORT_FILE = 'export.json'  # written by export_ct2: what was converted, decoding settings
 
 
+def import_ctranslate2():
+    """The ctranslate2 module (an optional dependency), or an error that says how to install it."""
+    try:
+        import ctranslate2
+    except ImportError:
+        raise ValueError('CTranslate2 is not installed: pip install -r '
+                         'benchmarks/requirements.txt (or ctranslate2)') from None
+    return ctranslate2
+
+
 class CT2Translator:
     """Translates lines with a CTranslate2 model directory written by export_ct2."""
 
     def __init__(self, model_dir: str, *, beam_size: int | None = None,
                  alpha: float | None = None, compute_type: str = 'default', threads: int = 0,
                  batch_size: int = 64):
-        try:
-            import ctranslate2
-        except ImportError:
-            raise ValueError('CTranslate2 is not installed: pip install -r '
-                             'benchmarks/requirements.txt (or ctranslate2)') from None
-
+        ctranslate2 = import_ctranslate2()
         path = os.path.join(model_dir, EXPORT_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(f'{model_dir} has no {EXPORT_FILE}: convert a run first '

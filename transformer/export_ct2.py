@@ -30,7 +30,7 @@ import shutil
 import numpy as np
 from absl import app, flags
 
-from transformer.ct2_translator import EXPORT_FILE
+from transformer.ct2_translator import EXPORT_FILE, import_ctranslate2
 
 UNSUPPORTED = {'positional': ('rope',), 'ffn': ('swiglu', 'geglu'), 'qk_norm': (True,),
                'architecture': ('decoder_only',), 'scan_layers': (True,)}
@@ -105,12 +105,7 @@ def build_spec(model_config, params: dict, pieces: list[str]):
       params: its parameters as nested dicts of arrays (``State.to_pure_dict()``).
       pieces: the SentencePiece pieces, indexed by id (source and target share them).
     """
-    try:
-        import ctranslate2
-    except ImportError:
-        raise ValueError('CTranslate2 is not installed: pip install -r '
-                         'benchmarks/requirements.txt (or ctranslate2)') from None
-
+    ctranslate2 = import_ctranslate2()
     from transformer.model import sinusoidal_encoding
     from transformer.tokenizer import BOS_ID, EOS_ID, UNK_ID
 
