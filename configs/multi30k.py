@@ -6,9 +6,15 @@
         --config.data.manual_dir=PATH/TO/multi30k
 
 English -> German: the same commands with configs/multi30k.py:reverse=True. The two-model
-ensemble (reverse=True,ensemble=2) trains seeds 2 and 3 side by side, one core each
-(taskset -c 0 / -c 1), then evaluates with eval.py --ensemble=<second workdir>
---average_last=5; the exact commands are in the README.
+ensemble (reverse=True,ensemble=2) trains seeds 2 and 3 side by side, one core each, then
+decodes with both:
+
+    for i in 2 3; do taskset -c $((i - 2)) python train.py \
+        --config configs/multi30k.py:reverse=True,ensemble=2 --workdir runs/m30k_en_de_$i \
+        --config.seed=$i --config.data.manual_dir=PATH/TO/multi30k & done; wait
+    python eval.py --config configs/multi30k.py:reverse=True,ensemble=2 \
+        --workdir runs/m30k_en_de_2 --ensemble=runs/m30k_en_de_3 --average_last=5 \
+        --config.data.manual_dir=PATH/TO/multi30k
 
 Results on test2016, beam 4, tokenized lowercased BLEU / sacreBLEU (last checkpoint):
   de->en               53 min 41 s, 2-core AMD EPYC without AVX-512       40.83 / 40.55
