@@ -141,6 +141,21 @@ def test_length_penalty_picks_what_the_formula_says(alpha):
         assert best != (A, EOS)  # a strong penalty makes a longer one win
 
 
+@pytest.mark.parametrize('width', [300, 1024, 4 * 1000])
+def test_blocked_top_k_equals_lax_top_k_ties_included(rng, width):
+    # Half-integers give many equal values, so tie-breaking (lower index first) is tested;
+    # 300 and 4,000 are not multiples of the block, 1,024 is, and the -inf cells are ties too.
+    x = np.round(rng.normal(size=(64, width)) * 2) / 2
+    x[:, ::7] = -np.inf
+    x[0, :] = 1.0                                    # a whole row of ties
+    x[1, -3:] = 10.0                                 # the best values in the padded block
+    for k in (1, 4, 8):
+        values, indices = jax.jit(decode.top_k, static_argnums=1)(jnp.asarray(x), k)
+        expected_values, expected_indices = jax.lax.top_k(jnp.asarray(x), k)
+        np.testing.assert_array_equal(values, expected_values)
+        np.testing.assert_array_equal(indices, expected_indices)
+
+
 def test_finished_hypotheses_are_never_extended():
     step_fn, log_table = table_step_fn({BOS: {A: 0.5, EOS: 0.5}, A: {A: 0.9, EOS: 0.1}})
     tokens, scores = run_beam(step_fn, 3, 0.0, 6, batch=2)

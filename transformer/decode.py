@@ -97,6 +97,31 @@ def length_penalty(length: Array, alpha: float) -> Array:
     return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
 
 
+def top_k(x: Array, k: int, block: int = 128) -> tuple[Array, Array]:
+    """``jax.lax.top_k`` over the last axis of x [b, n] -> (values, indices), each [b, k],
+    for n much larger than k (beam search's k x vocabulary candidates), about 10x faster
+    on a CPU, where XLA's TopK runs in ~2 ns per element.
+
+    The row is cut into blocks of ``block``; only the k blocks with the largest maxima are
+    searched. Order the elements by value, then by lower index (as ``jax.lax.top_k`` breaks
+    ties): a block's best element then ranks above any element of the top k it holds, and
+    only blocks whose best element is itself one of the top k can rank that high, which is
+    at most k blocks. So the k best blocks hold the whole top k, and searching them in
+    index order returns exactly what ``jax.lax.top_k`` does, ties included.
+    """
+    b, n = x.shape
+    count = -(-n // block)
+    if count <= k:
+        return jax.lax.top_k(x, k)
+    padded = jnp.pad(x, ((0, 0), (0, count * block - n)), constant_values=-jnp.inf)
+    blocks = padded.reshape(b, count, block)
+    _, best_blocks = jax.lax.top_k(jnp.max(blocks, -1), k)                     # [b, k]
+    best_blocks = jnp.sort(best_blocks, -1)
+    candidates = jnp.take_along_axis(blocks, best_blocks[:, :, None], 1)      # [b, k, block]
+    values, where = jax.lax.top_k(candidates.reshape(b, k * block), k)
+    return values, jnp.take_along_axis(best_blocks, where // block, 1) * block + where % block
+
+
 def _select(x: Array, indices: Array) -> Array:
     """x [b, n, ...], indices [b, m] -> x[row, indices[row]] as [b, m, ...]."""
     return jnp.take_along_axis(x, indices.reshape(indices.shape + (1,) * (x.ndim - 2)), axis=1)
@@ -163,7 +188,7 @@ def beam_search(step_fn, step_state, *, batch: int, beam_size: int, alpha: float
         candidates = (c['alive_logp'][:, :, None] + log_probs).reshape(batch, k * vocab)
         # The k best continuations; those ending in EOS leave the beam (which shrinks
         # until the next step refills it), so beam size 1 is exactly greedy decoding.
-        top_logp, top_index = jax.lax.top_k(candidates, k)
+        top_logp, top_index = top_k(candidates, k)
         beam_of, token_of = top_index // vocab, (top_index % vocab).astype(jnp.int32)
         seqs = _select(c['alive_seqs'], beam_of)
         seqs = seqs.at[:, :, i].set(token_of)
