@@ -487,12 +487,12 @@ def _cache_fill(steps: int, max_len: int) -> np.ndarray:
     """Which cache slots hold a key after each decoding step of a real ``attend_cached``:
     [steps, max_len] bool (a tiny layer; the slots, not the sizes, matter here)."""
     attention = layers.MultiHeadAttention(8, 2, num_kv_heads=1, rngs=nnx.Rngs(0))
-    cache = {'k': jnp.zeros((1, max_len, 1, 4)), 'v': jnp.zeros((1, max_len, 1, 4))}
+    cache = {'k': jnp.zeros((1, 1, 4, max_len)), 'v': jnp.zeros((1, 1, max_len, 4))}
     filled = []
     for index in range(steps):
         x = jax.random.normal(jax.random.key(index), (1, 1, 8))
         _, cache = attention.attend_cached(x, cache, jnp.int32(index))
-        filled.append(np.asarray(jnp.any(cache['k'][0] != 0, axis=(1, 2))))
+        filled.append(np.asarray(jnp.any(cache['k'][0] != 0, axis=(0, 1))))
     return np.stack(filled)
 
 

@@ -197,7 +197,8 @@ def test_grouped_query_attention_with_as_many_kv_heads_is_multi_head_attention(r
 def test_the_kv_cache_shrinks_by_heads_over_kv_heads(kv_heads):
     full, grouped = (make_model(**kw).init_cache(3, 10) for kw in ({}, {'num_kv_heads': kv_heads}))
     assert full[0]['k'].size == grouped[0]['k'].size * 4 // kv_heads
-    assert grouped[0]['v'].shape == (3, 10, kv_heads, 8)
+    assert grouped[0]['k'].shape == (3, kv_heads, 8, 10)
+    assert grouped[0]['v'].shape == (3, kv_heads, 10, 8)
 
 
 def test_rotary_attention_scores_depend_only_on_the_offset(rng):

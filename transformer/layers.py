@@ -32,7 +32,9 @@ from jax.sharding import PartitionSpec
 from transformer.sharding import BATCH_AXES, constrain_batch
 
 Array = jax.Array
-KVCache = dict[str, Array]  # {'k': [b, L, h, dh], 'v': [b, L, h, dh]}
+# A decoder layer's self-attention cache of L slots: {'k': [b, g, dh, L], 'v': [b, g, L, dh]}
+# for g K/V heads, each in the layout its matmul in ``cached_attention`` reads.
+KVCache = dict[str, Array]
 
 # Glorot/Xavier uniform: the initialisation of the reference tensor2tensor implementation.
 _xavier = nnx.initializers.xavier_uniform
@@ -227,6 +229,29 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
     out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(v.dtype), v,
                      preferred_element_type=jnp.float32).astype(v.dtype)
     return (out, weights) if return_weights else out
+
+
+def cached_attention(q: Array, keys: Array, values: Array, visible: Array) -> Array:
+    """One query per row against a key/value cache: what ``dot_product_attention`` computes
+    for q [b, 1, h, dh], with the cache in the layouts its two matmuls read directly.
+
+    keys: [b, g, dh, n] and values [b, g, n, dh] for g K/V heads (g divides h; query head j
+    reads K/V head j // (h / g), as in ``attend``); visible: [b, n] bool, True = attend.
+    Returns [b, 1, h, dh] in the dtype of ``values``.
+
+    Stored as [b, n, g, dh], the cache would have to be transposed for the scores' matmul
+    at every decoding step: a copy of every layer's whole cache per generated token.
+    """
+    b, _, h, d_head = q.shape
+    g = keys.shape[1]
+    q = (q * jnp.asarray(d_head ** -0.5, q.dtype)).reshape(b, g, h // g, d_head)
+    scores = jnp.einsum('bgrd,bgdn->bgrn', q, keys, preferred_element_type=jnp.float32)
+    with jax.named_scope('attention_softmax'):
+        scores = jnp.where(visible[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum('bgrn,bgnd->bgrd', weights.astype(values.dtype), values,
+                     preferred_element_type=jnp.float32)
+    return out.reshape(b, 1, h, d_head).astype(values.dtype)
 
 
 def attention_mask(q_segments: Array, k_segments: Array) -> Array:
@@ -488,7 +513,7 @@ class MultiHeadAttention(nnx.Module):
 
         Args:
           x: [b, 1, d], the input at cache slot ``index``.
-          cache: keys and values of slots < index, each [b, L, g, dh].
+          cache: keys and values of slots < index (``KVCache``).
           index: scalar int, the slot being decoded.
           positions: [b, 1], the position rotary embeddings see (default: ``index``).
           prefix: keys and values every step also attends to, each [b, s, g, dh], and which
@@ -498,19 +523,21 @@ class MultiHeadAttention(nnx.Module):
         """
         if positions is None:
             positions = jnp.full((x.shape[0], 1), index, jnp.int32)
-        k, v = self.project_kv(x, positions)
-        cache = {'k': jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), index, 1),
-                 'v': jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), index, 1)}
+        k, v = self.project_kv(x, positions)                                  # [b, 1, g, dh]
+        keys = jax.lax.dynamic_update_slice_in_dim(
+            cache['k'], k.transpose(0, 2, 3, 1).astype(cache['k'].dtype), index, 3)
+        values = jax.lax.dynamic_update_slice_in_dim(
+            cache['v'], v.transpose(0, 2, 1, 3).astype(cache['v'].dtype), index, 2)
+        cache = {'k': keys, 'v': values}
         # Slots after ``index`` hold zeros (or stale values): mask them out.
-        keys, values = cache['k'], cache['v']
-        visible = jnp.broadcast_to(jnp.arange(keys.shape[1]) <= index,
-                                   (x.shape[0], keys.shape[1]))                # [b, L]
+        visible = jnp.broadcast_to(jnp.arange(keys.shape[-1]) <= index,
+                                   (x.shape[0], keys.shape[-1]))               # [b, L]
         if prefix is not None:
             prefix_k, prefix_v, prefix_visible = prefix
-            keys = jnp.concatenate([prefix_k, keys.astype(prefix_k.dtype)], 1)
-            values = jnp.concatenate([prefix_v, values.astype(prefix_v.dtype)], 1)
+            keys = jnp.concatenate([prefix_k.transpose(0, 2, 3, 1), keys.astype(prefix_k.dtype)], 3)
+            values = jnp.concatenate([prefix_v.transpose(0, 2, 1, 3), values.astype(prefix_v.dtype)], 2)
             visible = jnp.concatenate([prefix_visible, visible], 1)           # [b, s + L]
-        out = attend(self.queries(x, positions), keys, values, visible[:, None, None, :])
+        out = cached_attention(self.queries(x, positions), keys, values, visible)
         return self.out(out), cache
 
 

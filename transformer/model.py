@@ -271,12 +271,14 @@ class TransformerBase(nnx.Module):
                 for i in range(count)]
 
     def init_cache(self, batch_size: int, max_len: int) -> list[layers.KVCache]:
-        """Empty self-attention caches, one per layer of ``self.decoder``, each
-        [b, max_len, g, dh] for g K/V heads (``num_kv_heads``, or all heads)."""
+        """Empty self-attention caches, one per layer of ``self.decoder``: keys
+        [b, g, dh, max_len] and values [b, g, max_len, dh] for g K/V heads (``num_kv_heads``,
+        or all heads), as ``layers.KVCache`` lays them out."""
         cfg = self.cfg
-        shape = (batch_size, max_len, cfg.num_kv_heads or cfg.num_heads, cfg.d_model // cfg.num_heads)
+        heads, d_head = cfg.num_kv_heads or cfg.num_heads, cfg.d_model // cfg.num_heads
         count = len(jax.tree.leaves(nnx.state(self.decoder))[0]) if cfg.scan_layers else len(self.decoder)
-        return [{'k': jnp.zeros(shape, cfg.dtype), 'v': jnp.zeros(shape, cfg.dtype)}
+        return [{'k': jnp.zeros((batch_size, heads, d_head, max_len), cfg.dtype),
+                 'v': jnp.zeros((batch_size, heads, max_len, d_head), cfg.dtype)}
                 for _ in range(count)]
 
     def logits(self, y: Array) -> Array:
