@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import make_model, random_tokens
+from conftest import MODERN, VOCAB, Compiled, make_model, random_tokens
 from transformer import decode
+from transformer.decoder_only import DecoderOnly
+from transformer.model import ModelConfig
 
 BOS, EOS = 2, 3
 
@@ -43,6 +45,29 @@ def test_cached_greedy_equals_full_forward_greedy(rng):
                                                    eos_id=EOS, max_len=10))
     got = np.asarray(fn(params, src))
     np.testing.assert_array_equal(got, reference_greedy(model, src, 10))
+
+
+@pytest.mark.parametrize('architecture', ['encoder_decoder', 'decoder_only'])
+def test_beams_sharing_one_source_decode_as_rows_of_their_own(rng, architecture):
+    # Beam search passes each source once for its k beams (rows j*k .. j*k+k-1): every
+    # row's logits equal a full pass over its source and its own target.
+    if architecture == 'encoder_decoder':
+        model = Compiled(make_model(**MODERN))
+    else:
+        cfg = ModelConfig.make('tiny', VOCAB, architecture=architecture, dropout_rate=0.0,
+                               prefix_lm=True, **MODERN)
+        model = Compiled(DecoderOnly(cfg, rngs=nnx.Rngs(0)))
+    beams, length = 3, 5
+    src = random_tokens(rng, 2, 7, min_len=2)
+    tgt = rng.integers(4, VOCAB, (2 * beams, length)).astype(np.int32)
+    full = model(np.repeat(src, beams, axis=0), tgt)
+    src_segments = jnp.asarray(src != 0, jnp.int32)
+    cross_kv = model.cross_kv(model.encode(src, src_segments))
+    cache = model.init_cache(2 * beams, length)
+    for i in range(length):
+        logits, cache = model.decode_step(jnp.asarray(tgt[:, i]), jnp.int32(i), cache, cross_kv,
+                                          src_segments)
+        np.testing.assert_allclose(logits, full[:, i], atol=1e-4)
 
 
 def test_rows_stop_after_eos(rng):

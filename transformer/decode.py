@@ -240,17 +240,15 @@ def model_beam_search(model: TransformerBase | Sequence[TransformerBase], src: A
     batch = src.shape[0]
     src_segments = (src != PAD_ID).astype(jnp.int32)
 
-    def repeat(x):  # [b, ...] -> [b * k, ...], each row k times in a row
-        return jnp.repeat(x, beam_size, axis=0)
-
-    cross_kvs = [jax.tree.map(repeat, m.cross_kv(m.encode(src, src_segments))) for m in models]
-    src_segments_k = repeat(src_segments)
+    # One copy of each source's encoding serves its k beams (``decode_step`` takes b
+    # sources for b * k rows).
+    cross_kvs = [m.cross_kv(m.encode(src, src_segments)) for m in models]
     state = tuple(m.init_cache(batch * beam_size, max_len) for m in models)
 
     def step_fn(tokens, index, caches):
         log_probs, new_caches = [], []
         for m, cross_kv, cache in zip(models, cross_kvs, caches):
-            logits, cache = m.decode_step(tokens, index, cache, cross_kv, src_segments_k)
+            logits, cache = m.decode_step(tokens, index, cache, cross_kv, src_segments)
             log_probs.append(jax.nn.log_softmax(logits, axis=-1))
             new_caches.append(cache)
         if len(models) == 1:

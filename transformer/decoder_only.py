@@ -104,8 +104,13 @@ class DecoderOnly(TransformerBase):
         """Target position ``index`` for every row: tokens [b] -> ([b, V] logits, cache).
 
         The query sees the source (``cross_kv``, its padding masked by ``src_segments``
-        [b, s]) and the target cache up to ``index``.
+        [n, s]) and the target cache up to ``index``. With n < b each source serves b / n
+        consecutive rows (beams), as in ``EncoderDecoder.decode_step``.
         """
+        beams = tokens.shape[0] // src_segments.shape[0]
+        if beams > 1:  # each beam's softmax spans the source and its own cache: a copy per row
+            src_segments, cross_kv = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0),
+                                                  (src_segments, cross_kv))
         source_length = jnp.sum(src_segments != 0, -1)                       # [b]
         positions = (source_length + index)[:, None]                          # [b, 1]
         x = self.target_embed(tokens[:, None], positions)                     # [b, 1, d]

@@ -692,13 +692,22 @@ class DecoderLayer(nnx.Module):
 
     def step(self, y: Array, cross_kv: tuple[Array, Array], cross_mask: Mask,
              cache: KVCache, index: Array) -> tuple[Array, KVCache]:
-        """One incremental decoding step: y [b, 1, d] at position ``index`` -> [b, 1, d]."""
+        """One incremental decoding step: y [b, 1, d] at position ``index`` -> [b, 1, d].
+
+        ``cross_kv`` (each [n, s, g, dh]) and ``cross_mask`` (queries [n, k], keys [n, s])
+        may serve several rows per source: the k = b / n consecutive rows of y (beams)
+        then attend to their source as k queries of one row.
+        """
         new_cache = {}
 
         def attend(z):
             out, new_cache['self'] = self.self_attention.attend_cached(z, cache, index)
             return out
 
+        def cross_attend(z):  # [b, 1, d] -> [n, k, d] -> [b, 1, d]
+            queries = z.reshape(*cross_mask.q_segments.shape, z.shape[-1])
+            return self.cross_attention(queries, cross_mask, kv=cross_kv).reshape(z.shape)
+
         y = self.self_block(y, attend, None)
-        y = self.cross_block(y, lambda z: self.cross_attention(z, cross_mask, kv=cross_kv), None)
+        y = self.cross_block(y, cross_attend, None)
         return self.ff_block(y, self.feed_forward, None), new_cache['self']

@@ -403,14 +403,17 @@ class EncoderDecoder(TransformerBase):
           tokens: [b] the input token at position ``index`` (BOS at index 0).
           index: scalar int position.
           cache: from ``init_cache`` or the previous step.
-          cross_kv: from ``cross_kv``.  src_segments: [b, s] (``src != 0``).
+          cross_kv: from ``cross_kv``.  src_segments: [n, s] (``src != 0``).
+            With n < b, each source serves b / n consecutive rows (a beam search's beams),
+            which read one copy of its keys and values instead of one each.
         Returns:
           ([b, V] float32 logits for position ``index + 1``, updated cache).
         """
         positions = jnp.full((tokens.shape[0], 1), index, jnp.int32)
         y = self.target_embed(tokens[:, None], positions)                  # [b, 1, d]
-        cross_mask = Mask(jnp.ones_like(tokens)[:, None],                  # [b, 1] to [b, s]
-                          (src_segments != 0).astype(jnp.int32))
+        sources = src_segments.shape[0]
+        cross_mask = Mask(jnp.ones((sources, tokens.shape[0] // sources), jnp.int32),
+                          (src_segments != 0).astype(jnp.int32))           # [n, b/n] to [n, s]
         new_cache = []
         for layer, layer_cache, kv in zip(self._each_layer(self.decoder), cache, cross_kv):
             y, layer_cache = layer.step(y, kv, cross_mask, layer_cache, index)
