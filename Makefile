@@ -43,11 +43,10 @@ CASES ?=
 bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks --cases "$(CASES)"
 
-## Figures of docs/transformer-networks.md from trained runs:
-## make figures [WORKDIR=runs/default] [M30K_RUNS=runs/m30k_de_en,runs/m30k_en_de]
-M30K_RUNS ?= runs/m30k_de_en,runs/m30k_en_de
+## Figures of docs/transformer-networks.md, the cross-attention one from a trained run:
+## make figures [WORKDIR=runs/default]
 figures: install
-	$(PY) docs/make_figures.py --default_workdir $(WORKDIR) --multi30k_workdirs $(M30K_RUNS)
+	$(PY) docs/make_figures.py --default_workdir $(WORKDIR)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

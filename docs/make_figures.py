@@ -1,21 +1,17 @@
 """Regenerates the figures of docs/transformer-networks.md from the code and trained runs.
 
     make figures                      # the workdirs the README's commands write
-    python docs/make_figures.py --default_workdir runs/default \\
-        --multi30k_workdirs runs/m30k_de_en,runs/m30k_en_de --out docs/figures
+    python docs/make_figures.py --default_workdir runs/default --out docs/figures
 
 The positional-encoding and learning-rate figures, and the diagrams of docs/diagrams.py
 (architecture, attention shapes, masks, label smoothing, KV cache), need no run. The cross-attention figure
-needs a trained default-task workdir (``make train``); the learning curves read each run's
-``metrics.jsonl`` and the BLEU chart its ``eval_*.json`` (``eval.py`` writes them). A workdir
-that does not exist is named, and the figures that need it are skipped.
+needs a trained default-task workdir (``make train``); without one it is skipped, and the
+script says so and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import sys
 
@@ -33,7 +29,7 @@ import diagrams  # noqa: E402  (docs/diagrams.py, beside this script)
 
 from configs import default as default_config  # noqa: E402
 from configs import multi30k as multi30k_config  # noqa: E402
-from transformer import config_lib, writers  # noqa: E402
+from transformer import config_lib  # noqa: E402
 from transformer.model import sinusoidal_encoding  # noqa: E402
 from transformer.tokenizer import BOS_ID, EOS_ID  # noqa: E402
 from transformer.translator import Translator  # noqa: E402
@@ -110,47 +106,9 @@ def cross_attention(workdir: str, out_dir: str, sentence: str = EXAMPLE) -> str:
     return save(fig, out_dir, 'cross_attention.png')
 
 
-def learning_curves(workdirs: list[str], out_dir: str) -> str:
-    """Validation loss (label-smoothed cross-entropy) against training step, per run."""
-    fig, axes = plt.subplots(1, len(workdirs), figsize=(5 * len(workdirs), 3.5), squeeze=False)
-    for ax, workdir in zip(axes[0], workdirs):
-        records = writers.read_metrics(workdir)
-        for split, style in (('train', '-'), ('validation', 'o-')):
-            rows = [r for r in records if r['split'] == split]
-            ax.plot([r['step'] for r in rows], [r['nll'] for r in rows], style, label=split)
-        ax.set(xlabel='step', ylabel='per-token negative log-likelihood', yscale='log',
-               title=os.path.basename(os.path.normpath(workdir)))
-        ax.legend()
-    return save(fig, out_dir, 'learning_curves.png')
-
-
-def bleu_chart(workdirs: list[str], out_dir: str) -> str:
-    """sacreBLEU of every ``eval_*.json`` in the workdirs, one bar each."""
-    labels, scores = [], []
-    for workdir in workdirs:
-        with open(os.path.join(workdir, 'config.json')) as f:
-            configured = json.load(f)['eval']   # for results written before alpha was recorded
-        for path in sorted(glob.glob(os.path.join(workdir, 'eval_*.json'))):
-            with open(path) as f:
-                result = json.load(f)
-            run = os.path.basename(os.path.normpath(workdir))
-            alpha = result.get('length_penalty', configured['length_penalty'])
-            decoding = f"beam {result.get('beam_size', configured['beam_size'])}, alpha {alpha}"
-            labels.append(f'{run}\n{os.path.basename(path)[5:-5]}\n{decoding}')
-            scores.append(result['sacrebleu'])
-    fig, ax = plt.subplots(figsize=(1.6 * max(len(scores), 2) + 1, 3.5))
-    bars = ax.bar(range(len(scores)), scores, color='tab:blue')
-    ax.bar_label(bars, fmt='%.2f')
-    ax.set_xticks(range(len(scores)), labels, fontsize=8)
-    ax.set(ylabel='sacreBLEU', title='Test-set sacreBLEU')
-    return save(fig, out_dir, 'bleu.png')
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--default_workdir', default='runs/default')
-    parser.add_argument('--multi30k_workdirs', default='runs/m30k_de_en,runs/m30k_en_de',
-                        help='comma-separated Multi30k workdirs (learning curves, BLEU)')
     parser.add_argument('--out', default=os.path.join(ROOT, 'docs', 'figures'))
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -158,18 +116,12 @@ def main(argv=None) -> int:
     learning_rate(args.out)
     for draw in diagrams.ALL:  # drawn from the code: architecture, shapes, masks, loss, cache
         draw(args.out)
-    runs = [args.default_workdir] + [w for w in args.multi30k_workdirs.split(',') if w]
-    missing = [w for w in runs if not os.path.isfile(os.path.join(w, 'metrics.jsonl'))]
-    for workdir in missing:
-        print(f'{workdir}: not a trained workdir; train it first (see the README), '
-              'its figures are skipped', file=sys.stderr)
-    if args.default_workdir not in missing:
-        cross_attention(args.default_workdir, args.out)
-    present = [w for w in runs if w not in missing]
-    if present:
-        learning_curves(present, args.out)
-        bleu_chart(present, args.out)
-    return 1 if missing else 0
+    if not os.path.isfile(os.path.join(args.default_workdir, 'metrics.jsonl')):
+        print(f'{args.default_workdir}: not a trained workdir; train it first (make train), '
+              'the cross-attention figure is skipped', file=sys.stderr)
+        return 1
+    cross_attention(args.default_workdir, args.out)
+    return 0
 
 
 if __name__ == '__main__':
