@@ -53,7 +53,9 @@ CASES['input_pipeline_subword'] = ('jax', 'input_pipeline', dict(subword_nbest=8
 CASES['dropout_masks'] = ('jax', 'dropout_masks', {})
 CASES['loss_head'] = ('jax', 'loss_head', {})
 CASES['canonical_matmul'] = ('jax', 'canonical_matmul', {})
-# Where the train step's time goes, by kind of operation (benchmarks/profile.py).
+# Where the train step's and beam search's time goes, by kind of operation
+# (benchmarks/profile.py).
+CASES['profile_beam_small'] = ('jax', 'decoding_profile', dict(kind='beam', dtype='bfloat16'))
 for _size in ('small', 'base'):
     CASES[f'profile_train_{_size}'] = ('jax', 'jax_profile', dict(size=_size, dtype='mixed'))
     CASES[f'torch_profile_train_{_size}'] = ('torch', 'torch_profile',

@@ -93,8 +93,9 @@ def library_fusions(hlo: str) -> dict:
         if marker in hlo}
 
 
-def decoding(kind: str, dtype: str, *, warmup: int = 1, repeats: int = 3) -> dict:
-    """Beam search (beam 4, alpha 0.6) or greedy decoding run to full length.
+def compiled_decoder(kind: str, dtype: str):
+    """(compiled decoder, parameters, source batch, compile seconds) of beam search (beam 4,
+    alpha 0.6) or greedy decoding with the small model of ``DECODE_SIZE`` in ``dtype``.
 
     An EOS id no token can take (-1) keeps every hypothesis going to ``max_len``, so every
     run generates exactly batch x 32 tokens (beam: per sentence, not per beam).
@@ -114,9 +115,15 @@ def decoding(kind: str, dtype: str, *, warmup: int = 1, repeats: int = 3) -> dic
 
     start = time.perf_counter()
     compiled = jax.jit(run_decoder).lower(params, src).compile()
-    compile_s = time.perf_counter() - start
+    return compiled, params, src, time.perf_counter() - start
+
+
+def decoding(kind: str, dtype: str, *, warmup: int = 1, repeats: int = 3) -> dict:
+    """Generated tokens per second of ``compiled_decoder``."""
+    compiled, params, src, compile_s = compiled_decoder(kind, dtype)
     seconds = median_seconds(lambda: compiled(params, src).block_until_ready(),
                              warmup=warmup, repeats=repeats)
+    _, _, batch, _, tgt_len = DECODE_SIZE
     return {'step_s': seconds, 'tokens_per_s': batch * tgt_len / seconds,
             'compile_s': compile_s, 'peak_rss_mib': peak_rss_mib()}
 

@@ -1,4 +1,5 @@
-"""Where a train step's time goes, by kind of operation: ours and the PyTorch peer's.
+"""Where a train step's or a beam search's time goes, by kind of operation; for train steps
+also the PyTorch peer's.
 
 Ours: XLA:CPU's runtime records one trace event per executed operation (a fusion, a
 matmul, a copy); ``jax.profiler`` captures them and each is classified from the compiled
@@ -86,9 +87,6 @@ def classify(name: str, instructions: dict, computations: dict) -> str | None:
 
 def jax_profile(size: str, dtype: str = 'mixed', *, steps: int = 3) -> dict:
     """Our train step's operation time per step by kind (ms), from a ``jax.profiler`` trace."""
-    import jax
-    from jax.profiler import ProfileData
-
     from benchmarks.common import TRAIN_SIZES
     from benchmarks.jax_cases import compiled_train_step
     from transformer.model import ModelConfig
@@ -97,20 +95,40 @@ def jax_profile(size: str, dtype: str = 'mixed', *, steps: int = 3) -> dict:
     precision = dict(matmul_dtype='bfloat16') if dtype == 'mixed' else dict(dtype=dtype)
     cfg = ModelConfig.make(variant, vocab, dropout_rate=0.1, **precision)
     compiled, state, data, _ = compiled_train_step(cfg, rows, src_len, tgt_len)
+    holder = {'state': state}
+
+    def run():
+        holder['state'], sums = compiled(holder['state'], data)
+        return sums
+    return _profile(run, compiled.as_text(), steps)
+
+
+def decoding_profile(kind: str, dtype: str = 'bfloat16', *, steps: int = 3) -> dict:
+    """The ``decoding`` case's operation time per decoded batch by kind (ms)."""
+    from benchmarks.jax_cases import compiled_decoder
+
+    compiled, params, src, _ = compiled_decoder(kind, dtype)
+    return _profile(lambda: compiled(params, src), compiled.as_text(), steps)
+
+
+def _profile(run, hlo: str, steps: int) -> dict:
+    """Runs ``run`` (a compiled program; returns arrays) ``steps`` times under
+    ``jax.profiler`` after two untraced runs; its operations' time per run by kind."""
+    import jax
+    from jax.profiler import ProfileData
+
     for _ in range(2):
-        state, sums = compiled(state, data)
-        jax.block_until_ready(sums)
+        jax.block_until_ready(run())
     with tempfile.TemporaryDirectory() as trace_dir:
         start = time.perf_counter()
         with jax.profiler.trace(trace_dir):
             for _ in range(steps):
-                state, sums = compiled(state, data)
-                jax.block_until_ready(sums)
+                jax.block_until_ready(run())
         step_s = (time.perf_counter() - start) / steps
         trace = ProfileData.from_file(glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True)[0])
         events = [(e.name, e.duration_ns) for plane in trace.planes if plane.name == '/host:CPU'
                   for line in plane.lines if line.name != 'python' for e in line.events]
-    instructions, computations = parse_hlo(compiled.as_text())
+    instructions, computations = parse_hlo(hlo)
     ms = collections.Counter()
     for name, duration_ns in events:
         kind = classify(name, instructions, computations)
