@@ -489,17 +489,18 @@ class MultiHeadAttention(nnx.Module):
 
     def __call__(self, x: Array, mask: Mask | Array, *, kv: tuple[Array, Array] | None = None,
                  positions: Array | None = None, dropout_rng: Array | None = None,
-                 return_weights: bool = False):
+                 return_weights: bool = False, decoding: bool = False):
         """Attends from ``x`` [b, q, d] to ``kv`` (default: self-attention over ``x``, at
         ``positions`` [b, q] when positions are rotary).
 
         Returns [b, q, d] (and the [b, h, q, k] attention weights if asked; those come from
-        the einsum path whatever ``attention_impl`` is).
+        the einsum path whatever ``attention_impl`` is). A single query, or ``decoding`` (a
+        decoding step's few queries per row), uses the einsums: a fused kernel gains
+        nothing there.
         """
         k, v = self.project_kv(x, positions) if kv is None else kv
         q = self.queries(x, positions)
-        # A single query (a decoding step) gains nothing from a fused kernel: einsums.
-        impl = 'xla' if q.shape[1] == 1 else self.attention_impl
+        impl = 'xla' if decoding or q.shape[1] == 1 else self.attention_impl
         result = attend(q, k, v, mask, impl, dropout_rate=self.attention_dropout,
                         dropout_rng=dropout_rng, return_weights=return_weights)
         if return_weights:
@@ -706,7 +707,8 @@ class DecoderLayer(nnx.Module):
 
         def cross_attend(z):  # [b, 1, d] -> [n, k, d] -> [b, 1, d]
             queries = z.reshape(*cross_mask.q_segments.shape, z.shape[-1])
-            return self.cross_attention(queries, cross_mask, kv=cross_kv).reshape(z.shape)
+            return self.cross_attention(queries, cross_mask, kv=cross_kv,
+                                        decoding=True).reshape(z.shape)
 
         y = self.self_block(y, attend, None)
         y = self.cross_block(y, cross_attend, None)
