@@ -73,7 +73,7 @@ def save(fig, out_dir: str, name: str) -> str:
     return path
 
 
-def _style(font: float = FONT) -> dict:
+def style(font: float = FONT) -> dict:
     return {'font.size': font, 'axes.titlesize': font, 'axes.labelsize': font,
             'xtick.labelsize': font, 'ytick.labelsize': font, 'legend.fontsize': font,
             'figure.titlesize': font + 2}
@@ -178,7 +178,7 @@ def architecture(out_dir: str) -> str:
     only_x = dec_x + FRAME_W + split
     width = only_x + FRAME_W / 2 + 0.1
     stack_bottom, embed_y = 2.85, 1.75
-    with plt.rc_context(_style()):
+    with plt.rc_context(style()):
         fig, ax = _canvas(width, 14.0)  # its height is set once the columns are drawn
 
         # Inputs and embeddings (one table: the source, target and output share it).
@@ -331,7 +331,7 @@ def attention_flow(out_dir: str) -> str:
     qx, kx, vx, w = 1.55, 4.55, 7.55, 2.6     # the Q, K, V columns and their boxes' width
     cx = (qx + kx) / 2                        # the column of scores and what follows
     route_x = 9.3                             # V's way down to the weighted sum
-    with plt.rc_context(_style()):
+    with plt.rc_context(style()):
         fig, ax = _canvas(width, height)
 
         def step(x, y, op, shape, color, box_w=w) -> float:
@@ -418,7 +418,7 @@ def masks(out_dir: str) -> str:
     decoder = np.asarray(layers.Mask(packed, packed, causal=True).dense())[0, 0]
     if not np.array_equal(decoder, np.asarray(panels[1][2] & panels[2][2])[0, 0]):
         raise RuntimeError('Mask(causal=True) is no longer packed & causal')
-    with plt.rc_context(_style()):
+    with plt.rc_context(style()):
         fig, axes = plt.subplots(1, 3, figsize=(10, 4.4), sharey=True)
         for ax, (name, detail, mask) in zip(axes, panels):
             _mask_grid(ax, np.asarray(mask)[0, 0], [str(i) for i in range(length)],
@@ -454,7 +454,7 @@ def label_smoothing(out_dir: str) -> str:
     if abs(best - exact) > 0.1:
         raise RuntimeError(f'the smoothed loss is lowest at margin {best}, expected {exact:.2f}')
 
-    with plt.rc_context(_style()):
+    with plt.rc_context(style()):
         fig, ax = plt.subplots(figsize=(9.5, 5.2))
         ax.plot(margins, loss, color='tab:blue', linewidth=2.5,
                 label=f'label-smoothed loss (ε = {eps:g})')
@@ -532,7 +532,7 @@ def kv_cache(out_dir: str) -> str:
                                f'expected {expected}')
 
     colors = ['#ffffff', ATTEND, '#e67e22']
-    with plt.rc_context(_style()):
+    with plt.rc_context(style()):
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5.0),
                                           gridspec_kw={'width_ratios': [1.25, 1]})
         left.imshow(state, cmap=ListedColormap(colors), vmin=0, vmax=2)

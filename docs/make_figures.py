@@ -39,39 +39,39 @@ EXAMPLE = 'March 14, 1975'
 
 
 def save(fig, out_dir: str, name: str) -> str:
-    path = os.path.join(out_dir, name)
-    if fig.get_layout_engine() is None:  # constrained-layout figures place themselves
+    """Lays ``fig`` out (constrained-layout figures place themselves) and writes it with
+    ``diagrams.save``, which also reports its smallest text at 800 px."""
+    if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches='tight')
-    plt.close(fig)
-    print(f'wrote {path}')
-    return path
+    return diagrams.save(fig, out_dir, name)
 
 
 def positional_encoding(out_dir: str) -> str:
     """The sinusoidal encoding of positions 0-99 for d_model = 128."""
     pe = np.asarray(sinusoidal_encoding(jnp.arange(100), 128))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    image = ax.imshow(pe, aspect='auto', cmap='RdBu', vmin=-1, vmax=1)
-    ax.set(xlabel='channel (even: sin, odd: cos)', ylabel='position',
-           title='Sinusoidal positional encoding, d_model = 128')
-    fig.colorbar(image, ax=ax)
-    return save(fig, out_dir, 'positional_encoding.png')
+    with plt.rc_context(diagrams.style(13)):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        image = ax.imshow(pe, aspect='auto', cmap='RdBu', vmin=-1, vmax=1)
+        ax.set(xlabel='channel (even: sin, odd: cos)', ylabel='position',
+               title='Sinusoidal positional encoding, d_model = 128')
+        fig.colorbar(image, ax=ax)
+        return save(fig, out_dir, 'positional_encoding.png')
 
 
 def learning_rate(out_dir: str) -> str:
     """The schedules of configs/default.py (the paper's) and configs/multi30k.py (linear)."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, module in (('configs/default.py', default_config),
-                         ('configs/multi30k.py', multi30k_config)):
-        config = module.get_config()
-        steps = np.arange(config.train.num_steps)
-        rates = np.asarray(config_lib.make_schedule(config)(steps))
-        ax.plot(steps, rates, label=f'{name}: {config.train.schedule}, warmup '
-                                    f'{config.train.warmup_steps}')
-    ax.set(xlabel='step', ylabel='learning rate', title='Learning-rate schedules')
-    ax.legend()
-    return save(fig, out_dir, 'learning_rate.png')
+    with plt.rc_context(diagrams.style(13)):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for name, module in (('configs/default.py', default_config),
+                             ('configs/multi30k.py', multi30k_config)):
+            config = module.get_config()
+            steps = np.arange(config.train.num_steps)
+            rates = np.asarray(config_lib.make_schedule(config)(steps))
+            ax.plot(steps, rates, label=f'{name}: {config.train.schedule}, warmup '
+                                        f'{config.train.warmup_steps}')
+        ax.set(xlabel='step', ylabel='learning rate', title='Learning-rate schedules')
+        ax.legend()
+        return save(fig, out_dir, 'learning_rate.png')
 
 
 def cross_attention(workdir: str, out_dir: str, sentence: str = EXAMPLE) -> str:
