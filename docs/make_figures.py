@@ -92,7 +92,7 @@ def cross_attention(workdir: str, out_dir: str, sentence: str = EXAMPLE) -> str:
         return '</s>' if i == EOS_ID else pieces(i)
 
     layers = weights.shape[0]
-    with plt.rc_context({'font.size': 13}):
+    with plt.rc_context({'font.size': 14}):
         fig, axes = plt.subplots(1, layers, figsize=(3.6 * layers + 1.5, 4.6), squeeze=False,
                                  sharey=True, layout='constrained')
         for n, ax in enumerate(axes[0]):
