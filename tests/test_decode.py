@@ -166,14 +166,18 @@ def test_length_penalty_picks_what_the_formula_says(alpha):
         assert best != (A, EOS)  # a strong penalty makes a longer one win
 
 
-@pytest.mark.parametrize('width', [300, 1024, 4 * 1000])
+@pytest.mark.parametrize('width', [2000, 2048, 4 * 1000])
 def test_blocked_top_k_equals_lax_top_k_ties_included(rng, width):
-    # Half-integers give many equal values, so tie-breaking (lower index first) is tested;
-    # 300 and 4,000 are not multiples of the block, 1,024 is, and the -inf cells are ties too.
+    # 16 to 32 blocks of 128, so every k below searches blocks; 2,000 and 4,000 leave the
+    # last block part padding. Half-integers give many ties (broken by lower index).
     x = np.round(rng.normal(size=(64, width)) * 2) / 2
     x[:, ::7] = -np.inf
     x[0, :] = 1.0                                    # a whole row of ties
-    x[1, -3:] = 10.0                                 # the best values in the padded block
+    x[1, -3:] = 10.0                                 # the best values in the last block
+    x[2, :] = -np.inf                                # nothing finite: ties with the padding
+    x[3, :] = -np.inf
+    x[3, [5, 700]] = 0.0                             # fewer finite values than k
+    x[4, :] = -np.linspace(100.0, 1.0, width)        # all negative, the best at the end
     for k in (1, 4, 8):
         values, indices = jax.jit(decode.top_k, static_argnums=1)(jnp.asarray(x), k)
         expected_values, expected_indices = jax.lax.top_k(jnp.asarray(x), k)

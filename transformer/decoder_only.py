@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from transformer import layers
-from transformer.model import Embedder, ModelConfig, TransformerBase, _defaults, layer_stack
+from transformer.model import Embedder, ModelConfig, TransformerBase, _defaults, layer_stack, rows_per_source
 
 Array = jax.Array
 
@@ -107,7 +107,7 @@ class DecoderOnly(TransformerBase):
         [n, s]) and the target cache up to ``index``. With n < b each source serves b / n
         consecutive rows (beams), as in ``EncoderDecoder.decode_step``.
         """
-        beams = tokens.shape[0] // src_segments.shape[0]
+        beams = rows_per_source(tokens, src_segments)
         if beams > 1:  # each beam's softmax spans the source and its own cache: a copy per row
             src_segments, cross_kv = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0),
                                                   (src_segments, cross_kv))

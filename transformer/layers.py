@@ -668,7 +668,7 @@ class DecoderLayer(nnx.Module):
                  positions: Array | None = None, return_weights: bool = False):
         """Full-sequence pass (training, scoring).
 
-        y: [b, t, d]; cross_kv: encoder keys/values, each [b, s, h, dh];
+        y: [b, t, d]; cross_kv: encoder keys/values, each [b, s, g, dh];
         self_mask: causal over [b, t] target segments; cross_mask: target to source segments;
         positions: [b, t] (read by rotary self-attention).
         Returns [b, t, d] (and the [b, h, t, s] cross-attention weights if asked).
@@ -695,9 +695,9 @@ class DecoderLayer(nnx.Module):
              cache: KVCache, index: Array) -> tuple[Array, KVCache]:
         """One incremental decoding step: y [b, 1, d] at position ``index`` -> [b, 1, d].
 
-        ``cross_kv`` (each [n, s, g, dh]) and ``cross_mask`` (queries [n, k], keys [n, s])
-        may serve several rows per source: the k = b / n consecutive rows of y (beams)
-        then attend to their source as k queries of one row.
+        ``cross_kv`` (each [n, s, g, dh]) and ``cross_mask`` (queries [n, beams], keys
+        [n, s]) may serve several rows per source: the beams = b / n consecutive rows of y
+        then attend to their source as that many queries of one row.
         """
         new_cache = {}
 
@@ -705,7 +705,7 @@ class DecoderLayer(nnx.Module):
             out, new_cache['self'] = self.self_attention.attend_cached(z, cache, index)
             return out
 
-        def cross_attend(z):  # [b, 1, d] -> [n, k, d] -> [b, 1, d]
+        def cross_attend(z):  # [b, 1, d] -> [n, beams, d] -> [b, 1, d]
             queries = z.reshape(*cross_mask.q_segments.shape, z.shape[-1])
             return self.cross_attention(queries, cross_mask, kv=cross_kv,
                                         decoding=True).reshape(z.shape)

@@ -172,6 +172,16 @@ def normal_init(stddev: float):
     return init
 
 
+def rows_per_source(tokens: Array, src_segments: Array) -> int:
+    """How many consecutive rows of ``tokens`` [b] each source of ``src_segments`` [n, s]
+    serves in ``decode_step``: b / n (a beam search's beams), which must be whole."""
+    rows, sources = tokens.shape[0], src_segments.shape[0]
+    if rows % sources:
+        raise ValueError(f'decode_step: {rows} token rows cannot be shared evenly by {sources} '
+                         'sources; pass one source per row, or per beam_size rows')
+    return rows // sources
+
+
 def _defaults(tokens: Array, segments: Array | None, positions: Array | None):
     if segments is None:
         segments = (tokens != PAD_ID).astype(jnp.int32)
@@ -411,8 +421,8 @@ class EncoderDecoder(TransformerBase):
         """
         positions = jnp.full((tokens.shape[0], 1), index, jnp.int32)
         y = self.target_embed(tokens[:, None], positions)                  # [b, 1, d]
-        sources = src_segments.shape[0]
-        cross_mask = Mask(jnp.ones((sources, tokens.shape[0] // sources), jnp.int32),
+        beams = rows_per_source(tokens, src_segments)
+        cross_mask = Mask(jnp.ones((src_segments.shape[0], beams), jnp.int32),
                           (src_segments != 0).astype(jnp.int32))           # [n, b/n] to [n, s]
         new_cache = []
         for layer, layer_cache, kv in zip(self._each_layer(self.decoder), cache, cross_kv):
