@@ -70,6 +70,15 @@ def test_beams_sharing_one_source_decode_as_rows_of_their_own(rng, architecture)
         np.testing.assert_allclose(logits, full[:, i], atol=1e-4)
 
 
+def test_rows_that_sources_cannot_share_evenly_are_refused():
+    model = make_model()
+    src_segments = jnp.ones((2, 4), jnp.int32)
+    cross_kv = model.cross_kv(model.encode(jnp.full((2, 4), 5), src_segments))
+    with pytest.raises(ValueError, match='5 token rows cannot be shared evenly by 2 sources'):
+        model.decode_step(jnp.full((5,), BOS), jnp.int32(0), model.init_cache(5, 3), cross_kv,
+                          src_segments)
+
+
 def test_rows_stop_after_eos(rng):
     model = make_model(seed=1)
     # Force EOS to be the argmax at every step: the last (post-LN) norm then outputs
