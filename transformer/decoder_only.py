@@ -108,10 +108,7 @@ class DecoderOnly(TransformerBase):
         consecutive rows (beams), as in ``EncoderDecoder.decode_step``.
         """
         beams = rows_per_source(tokens, src_segments)
-        if beams > 1:  # each beam's softmax spans the source and its own cache: a copy per row
-            src_segments, cross_kv = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0),
-                                                  (src_segments, cross_kv))
-        source_length = jnp.sum(src_segments != 0, -1)                       # [b]
+        source_length = jnp.repeat(jnp.sum(src_segments != 0, -1), beams)    # [b]
         positions = (source_length + index)[:, None]                          # [b, 1]
         x = self.target_embed(tokens[:, None], positions)                     # [b, 1, d]
         new_cache = []

@@ -231,12 +231,16 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
     return (out, weights) if return_weights else out
 
 
-def cached_attention(q: Array, keys: Array, values: Array, visible: Array) -> Array:
+def cached_attention(q: Array, keys: Array, values: Array, visible: Array,
+                     prefix: tuple[Array, Array, Array] | None = None) -> Array:
     """One query per row against a key/value cache: what ``dot_product_attention`` computes
     for q [b, 1, h, dh], with the cache in the layouts its two matmuls read directly.
 
     keys: [b, g, dh, n] and values [b, g, n, dh] for g K/V heads (g divides h; query head j
     reads K/V head j // (h / g), as in ``attend``); visible: [b, n] bool, True = attend.
+    prefix: keys and values [m, s, g, dh] and visible [m, s] that every row also attends to,
+    in one softmax with its cache, each shared by b / m consecutive rows (a decoder-only
+    model's source, shared by its beams): they are read once, not copied per row.
     Returns [b, 1, h, dh] in the dtype of ``values``.
 
     Stored as [b, n, g, dh], the cache would have to be transposed for the scores' matmul
@@ -245,12 +249,26 @@ def cached_attention(q: Array, keys: Array, values: Array, visible: Array) -> Ar
     b, _, h, d_head = q.shape
     g = keys.shape[1]
     q = (q * jnp.asarray(d_head ** -0.5, q.dtype)).reshape(b, g, h // g, d_head)
+    min_value = jnp.finfo(jnp.float32).min
     scores = jnp.einsum('bgrd,bgdn->bgrn', q, keys, preferred_element_type=jnp.float32)
+    scores = jnp.where(visible[:, None, None, :], scores, min_value)
+    if prefix is not None:
+        prefix_k, prefix_v, prefix_visible = prefix
+        m, s = prefix_visible.shape
+        rows = q.reshape(m, b // m, g, h // g, d_head)   # the rows sharing a prefix
+        prefix_scores = jnp.einsum('mjgrd,msgd->mjgrs', rows, prefix_k.astype(q.dtype),
+                                   preferred_element_type=jnp.float32)
+        prefix_scores = jnp.where(prefix_visible[:, None, None, None, :], prefix_scores,
+                                  min_value).reshape(b, g, h // g, s)
+        scores = jnp.concatenate([prefix_scores, scores], -1)                # [b, g, r, s + n]
     with jax.named_scope('attention_softmax'):
-        scores = jnp.where(visible[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum('bgrn,bgnd->bgrd', weights.astype(values.dtype), values,
+        weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    out = jnp.einsum('bgrn,bgnd->bgrd', weights[..., -keys.shape[-1]:], values,
                      preferred_element_type=jnp.float32)
+    if prefix is not None:
+        prefix_weights = weights[..., :s].reshape(m, b // m, g, h // g, s)
+        out += jnp.einsum('mjgrs,msgd->mjgrd', prefix_weights, prefix_v.astype(values.dtype),
+                          preferred_element_type=jnp.float32).reshape(out.shape)
     return out.reshape(b, 1, h, d_head).astype(values.dtype)
 
 
@@ -517,8 +535,9 @@ class MultiHeadAttention(nnx.Module):
           cache: keys and values of slots < index (``KVCache``).
           index: scalar int, the slot being decoded.
           positions: [b, 1], the position rotary embeddings see (default: ``index``).
-          prefix: keys and values every step also attends to, each [b, s, g, dh], and which
-            of them are real, [b, s] bool (a decoder-only model's source).
+          prefix: keys and values every step also attends to, each [m, s, g, dh], and which
+            of them are real, [m, s] bool (a decoder-only model's source), each shared by
+            b / m consecutive rows (``cached_attention``).
         Returns:
           [b, 1, d] output and the cache with this slot's key and value written in.
         """
@@ -533,12 +552,7 @@ class MultiHeadAttention(nnx.Module):
         # Slots after ``index`` hold zeros (or stale values): mask them out.
         visible = jnp.broadcast_to(jnp.arange(keys.shape[-1]) <= index,
                                    (x.shape[0], keys.shape[-1]))               # [b, L]
-        if prefix is not None:
-            prefix_k, prefix_v, prefix_visible = prefix
-            keys = jnp.concatenate([prefix_k.transpose(0, 2, 3, 1), keys.astype(prefix_k.dtype)], 3)
-            values = jnp.concatenate([prefix_v.transpose(0, 2, 1, 3), values.astype(prefix_v.dtype)], 2)
-            visible = jnp.concatenate([prefix_visible, visible], 1)           # [b, s + L]
-        out = cached_attention(self.queries(x, positions), keys, values, visible)
+        out = cached_attention(self.queries(x, positions), keys, values, visible, prefix)
         return self.out(out), cache
 
 
