@@ -44,6 +44,9 @@ for _kind in ('beam', 'greedy'):
     for _compute in ('float32', 'int8'):  # the decoding peer: CTranslate2, same model size
         CASES[f'ct2_{_kind}_small_{_compute}'] = ('ct2', 'decoding',
                                                  dict(kind=_kind, compute_type=_compute))
+# The decoder-only model of the same size: its source is part of every step's attention.
+CASES['beam_small_decoder_only_bfloat16'] = ('jax', 'decoding', dict(
+    kind='beam', dtype='bfloat16', architecture='decoder_only'))
 # The same step with glibc's malloc defaults (transformer.host_memory not applied).
 CASES['train_small_float32_malloc_defaults'] = CASES['train_small_float32']
 MALLOC_DEFAULTS_SUFFIX = '_malloc_defaults'

@@ -15,6 +15,7 @@ from flax import nnx
 
 from benchmarks.common import DECODE_SIZE, TRAIN_SIZES, median_seconds, peak_rss_mib
 from transformer import decode, optim, steps
+from transformer.decoder_only import DecoderOnly
 from transformer.flops import train_flops
 from transformer.model import EncoderDecoder, ModelConfig
 from transformer.tokenizer import BOS_ID
@@ -93,16 +94,17 @@ def library_fusions(hlo: str) -> dict:
         if marker in hlo}
 
 
-def compiled_decoder(kind: str, dtype: str):
+def compiled_decoder(kind: str, dtype: str, architecture: str = 'encoder_decoder'):
     """(compiled decoder, parameters, source batch, compile seconds) of beam search (beam 4,
-    alpha 0.6) or greedy decoding with the small model of ``DECODE_SIZE`` in ``dtype``.
+    alpha 0.6) or greedy decoding with the small model of ``DECODE_SIZE`` in ``dtype``
+    (``architecture``: the encoder-decoder, or the decoder-only model of the same size).
 
     An EOS id no token can take (-1) keeps every hypothesis going to ``max_len``, so every
     run generates exactly batch x 32 tokens (beam: per sentence, not per beam).
     """
     variant, vocab, batch, src_len, tgt_len = DECODE_SIZE
-    model = EncoderDecoder(ModelConfig.make(variant, vocab, dropout_rate=0.0, dtype=dtype),
-                           rngs=nnx.Rngs(0))
+    cfg = ModelConfig.make(variant, vocab, dropout_rate=0.0, dtype=dtype, architecture=architecture)
+    model = (DecoderOnly if architecture == 'decoder_only' else EncoderDecoder)(cfg, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
     src = _synthetic_batch(batch, src_len, tgt_len, vocab)['inputs']
 
@@ -118,9 +120,10 @@ def compiled_decoder(kind: str, dtype: str):
     return compiled, params, src, time.perf_counter() - start
 
 
-def decoding(kind: str, dtype: str, *, warmup: int = 1, repeats: int = 3) -> dict:
+def decoding(kind: str, dtype: str, architecture: str = 'encoder_decoder', *, warmup: int = 1,
+             repeats: int = 3) -> dict:
     """Generated tokens per second of ``compiled_decoder``."""
-    compiled, params, src, compile_s = compiled_decoder(kind, dtype)
+    compiled, params, src, compile_s = compiled_decoder(kind, dtype, architecture)
     seconds = median_seconds(lambda: compiled(params, src).block_until_ready(),
                              warmup=warmup, repeats=repeats)
     _, _, batch, _, tgt_len = DECODE_SIZE
