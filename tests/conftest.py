@@ -41,6 +41,7 @@ sys.path.insert(0, ROOT)
 jax.config.update('jax_platforms', 'cpu')
 
 from configs.common import ARCH_PRESETS  # noqa: E402
+from transformer.decoder_only import DecoderOnly  # noqa: E402
 from transformer.model import EncoderDecoder, ModelConfig  # noqa: E402
 
 VOCAB = 40
@@ -49,11 +50,13 @@ VOCAB = 40
 MODERN = dict(ARCH_PRESETS['modern'], num_kv_heads=2)
 
 
-def make_model(seed: int = 0, vocab_size: int = VOCAB, **overrides) -> EncoderDecoder:
-    """A tiny model; ``overrides`` set ModelConfig fields (dropout off unless given)."""
+def make_model(seed: int = 0, vocab_size: int = VOCAB, **overrides):
+    """A tiny model; ``overrides`` set ModelConfig fields (dropout off unless given), and
+    ``architecture='decoder_only'`` makes it a ``DecoderOnly``."""
     overrides.setdefault('dropout_rate', 0.0)
     cfg = ModelConfig.make('tiny', vocab_size, **overrides)
-    return EncoderDecoder(cfg, rngs=nnx.Rngs(seed))
+    model_class = DecoderOnly if cfg.architecture == 'decoder_only' else EncoderDecoder
+    return model_class(cfg, rngs=nnx.Rngs(seed))
 
 
 class Compiled:

@@ -9,8 +9,6 @@ from flax import nnx
 
 from conftest import MODERN, VOCAB, Compiled, make_model, random_tokens
 from transformer import decode
-from transformer.decoder_only import DecoderOnly
-from transformer.model import ModelConfig
 
 BOS, EOS = 2, 3
 
@@ -51,12 +49,8 @@ def test_cached_greedy_equals_full_forward_greedy(rng):
 def test_beams_sharing_one_source_decode_as_rows_of_their_own(rng, architecture):
     # Beam search passes each source once for its k beams (rows j*k .. j*k+k-1): every
     # row's logits equal a full pass over its source and its own target.
-    if architecture == 'encoder_decoder':
-        model = Compiled(make_model(**MODERN))
-    else:
-        cfg = ModelConfig.make('tiny', VOCAB, architecture=architecture, dropout_rate=0.0,
-                               prefix_lm=True, **MODERN)
-        model = Compiled(DecoderOnly(cfg, rngs=nnx.Rngs(0)))
+    prefix_lm = dict(prefix_lm=True) if architecture == 'decoder_only' else {}
+    model = Compiled(make_model(architecture=architecture, **prefix_lm, **MODERN))
     beams, length = 3, 5
     src = random_tokens(rng, 2, 7, min_len=2)
     tgt = rng.integers(4, VOCAB, (2 * beams, length)).astype(np.int32)

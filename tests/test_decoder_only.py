@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import MODERN, VOCAB, Compiled, assert_packing_keeps_examples_apart, random_tokens
+from conftest import MODERN, VOCAB, Compiled, assert_packing_keeps_examples_apart, make_model, random_tokens
 from transformer import decode
 from transformer.decoder_only import DecoderOnly, sequence_mask
 from transformer.model import ModelConfig, count_params
 
 
-def make(seed: int = 0, **overrides) -> DecoderOnly:
-    overrides.setdefault('dropout_rate', 0.0)
-    cfg = ModelConfig.make('tiny', VOCAB, architecture='decoder_only', **overrides)
-    return DecoderOnly(cfg, rngs=nnx.Rngs(seed))
+def make(**overrides) -> DecoderOnly:
+    return make_model(architecture='decoder_only', **overrides)
 
 
 def test_the_mask_keeps_examples_apart_and_the_source_blind_to_the_target():
