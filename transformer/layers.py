@@ -219,16 +219,24 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None, *,
     d_head = q.shape[-1]
     q = q * jnp.asarray(d_head ** -0.5, q.dtype)
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
-    with jax.named_scope('attention_softmax'):  # the name profiles group its time under
-        if mask is not None:
-            # A large finite negative, not -inf: a fully masked row (a padding query) then gets
-            # uniform weights instead of NaN, and its output is ignored downstream anyway.
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1)
+    weights = masked_softmax(scores, mask)
     dropped = dropout(weights, dropout_rate, dropout_rng)
     out = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(v.dtype), v,
                      preferred_element_type=jnp.float32).astype(v.dtype)
     return (out, weights) if return_weights else out
+
+
+def masked_softmax(scores: Array, mask: Array | None) -> Array:
+    """Softmax over the last axis of float32 ``scores`` where ``mask`` (broadcastable; True =
+    attend) allows, under the name 'attention_softmax' that profiles group its time under.
+
+    Masked scores become a large finite negative, not -inf: a fully masked row (a padding
+    query) then gets uniform weights instead of NaN, and its output is ignored downstream.
+    """
+    with jax.named_scope('attention_softmax'):
+        if mask is not None:
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        return jax.nn.softmax(scores, axis=-1)
 
 
 def cached_attention(q: Array, keys: Array, values: Array, visible: Array,
@@ -249,20 +257,16 @@ def cached_attention(q: Array, keys: Array, values: Array, visible: Array,
     b, _, h, d_head = q.shape
     g = keys.shape[1]
     q = (q * jnp.asarray(d_head ** -0.5, q.dtype)).reshape(b, g, h // g, d_head)
-    min_value = jnp.finfo(jnp.float32).min
     scores = jnp.einsum('bgrd,bgdn->bgrn', q, keys, preferred_element_type=jnp.float32)
-    scores = jnp.where(visible[:, None, None, :], scores, min_value)
     if prefix is not None:
         prefix_k, prefix_v, prefix_visible = prefix
         m, s = prefix_visible.shape
         rows = q.reshape(m, b // m, g, h // g, d_head)   # the rows sharing a prefix
         prefix_scores = jnp.einsum('mjgrd,msgd->mjgrs', rows, prefix_k.astype(q.dtype),
                                    preferred_element_type=jnp.float32)
-        prefix_scores = jnp.where(prefix_visible[:, None, None, None, :], prefix_scores,
-                                  min_value).reshape(b, g, h // g, s)
-        scores = jnp.concatenate([prefix_scores, scores], -1)                # [b, g, r, s + n]
-    with jax.named_scope('attention_softmax'):
-        weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+        scores = jnp.concatenate([prefix_scores.reshape(b, g, h // g, s), scores], -1)
+        visible = jnp.concatenate([jnp.repeat(prefix_visible, b // m, 0), visible], -1)
+    weights = masked_softmax(scores, visible[:, None, None, :]).astype(values.dtype)
     out = jnp.einsum('bgrn,bgnd->bgrd', weights[..., -keys.shape[-1]:], values,
                      preferred_element_type=jnp.float32)
     if prefix is not None:
